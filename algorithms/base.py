@@ -1,0 +1,158 @@
+"""The one interface every algorithm implements.
+
+A loss is a pure function of per-token log-probabilities:
+
+    loss_fn(inputs: LossInputs, cfg: ConfigDict) -> (loss: scalar, metrics: dict[str, scalar])
+
+It never calls a model and never sees an optimizer. The training loop computes exactly the
+forward passes an algorithm declares in its `Requirements` and hands the results over as
+`LossInputs`.
+
+Conventions (shared with `../docs/ARCHITECTURE.md`):
+  * `logp[b, t] = log π(y_t | x, y_<t)`, already aligned with the input ids: the logits at
+    position t-1 score the token at position t. Position 0 carries 0 and mask 0.
+  * `mask[b, t]` is 1 on completion tokens only (never on prompt or padding).
+  * A sequence log-prob is the masked SUM over tokens, unless a loss says otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Metrics = dict[str, Array]
+
+
+@flax.struct.dataclass
+class LossInputs:
+  """Per-token quantities for a batch of B preference pairs, each field [B, T].
+
+  Optional fields are None when the algorithm does not ask for them; later algorithms add
+  their own optional fields here (previous-iterate log-probs, oracle preferences, token
+  rewards, step masks) so that every loss keeps the same signature.
+  """
+
+  policy_chosen_logps: Array
+  policy_rejected_logps: Array
+  chosen_mask: Array
+  rejected_mask: Array
+  ref_chosen_logps: Optional[Array] = None
+  ref_rejected_logps: Optional[Array] = None
+  # [B] weight of each pair in batch means: 1 for real pairs, 0 for the filler pairs that pad
+  # the last eval batch. None means all ones.
+  pair_weights: Optional[Array] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Requirements:
+  """What the training loop must compute for an algorithm."""
+
+  reference: bool = True  # needs ref_{chosen,rejected}_logps
+
+
+LossFn = Callable[[LossInputs, Mapping], tuple[Array, Metrics]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+  name: str
+  loss_fn: LossFn
+  requirements: Requirements
+  validate: Callable[[Mapping], None]
+
+
+_REGISTRY: dict[str, Algorithm] = {}
+
+
+def _no_validation(cfg: Mapping) -> None:
+  del cfg
+
+
+def register(name: str, *, requirements: Requirements = Requirements(),
+             validate: Callable[[Mapping], None] = _no_validation):
+  """Decorator: makes `loss_fn` selectable as `config.loss.name = name`."""
+
+  def wrap(loss_fn: LossFn) -> LossFn:
+    if name in _REGISTRY:
+      raise ValueError(f"loss {name!r} is registered twice")
+    _REGISTRY[name] = Algorithm(name, loss_fn, requirements, validate)
+    return loss_fn
+
+  return wrap
+
+
+def get_algorithm(name: str) -> Algorithm:
+  if name not in _REGISTRY:
+    raise KeyError(
+        f"unknown loss {name!r}; registered losses: {', '.join(sorted(_REGISTRY))}")
+  return _REGISTRY[name]
+
+
+def get_loss(name: str) -> LossFn:
+  """The registered loss function for a config name such as 'dpo' or 'ipo'."""
+  return get_algorithm(name).loss_fn
+
+
+def registered_names() -> list[str]:
+  return sorted(_REGISTRY)
+
+
+# ---------------------------------------------------------------------------------------
+# Small helpers every loss uses.
+
+
+def sequence_logps(logps: Array, mask: Array) -> Array:
+  """[B, T] per-token log-probs -> [B] summed over completion tokens.
+
+  `where`, not `logps * mask`: an inf or NaN under mask 0 (a masked log-softmax, a filler row)
+  must not reach the sum or its gradient.
+  """
+  return jnp.sum(jnp.where(mask > 0, logps, 0.0), axis=-1)
+
+
+def completion_lengths(mask: Array) -> Array:
+  """[B] number of completion tokens, clamped at 1 so that means never divide by zero."""
+  return jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+
+
+def mean_logps(logps: Array, mask: Array) -> Array:
+  """[B] per-token average log-prob over completion tokens."""
+  return sequence_logps(logps, mask) / completion_lengths(mask)
+
+
+def batch_mean(values: Array, inputs: LossInputs) -> Array:
+  """Mean of per-pair values [B] over the batch, weighted by `inputs.pair_weights`."""
+  if inputs.pair_weights is None:
+    return jnp.mean(values)
+  w = inputs.pair_weights.astype(values.dtype)
+  return jnp.sum(values * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def preference_metrics(inputs: LossInputs, chosen_rewards: Array, rejected_rewards: Array,
+                       chosen_logps: Array, rejected_logps: Array) -> Metrics:
+  """TRL's metric names, so curves are comparable across codebases.
+
+  All arguments are per pair ([B]): the algorithm's implicit rewards and the policy's
+  sequence log-probs. Gradients are stopped. `rewards/accuracies` counts a tie as half a
+  win: at step 0 the policy equals the reference, every reward is 0, and the metric reads
+  0.5 (chance), where TRL's strict `>` reads 0.0. Ties are measure-zero afterwards, so
+  curves match TRL's from the first update on.
+  """
+  sg = jax.lax.stop_gradient
+  chosen_rewards, rejected_rewards = sg(chosen_rewards), sg(rejected_rewards)
+  mean = lambda x: batch_mean(x, inputs)
+  return {
+      "rewards/chosen": mean(chosen_rewards),
+      "rewards/rejected": mean(rejected_rewards),
+      "rewards/accuracies": mean(
+          jnp.where(chosen_rewards == rejected_rewards, 0.5,
+                    (chosen_rewards > rejected_rewards).astype(jnp.float32))),
+      "rewards/margins": mean(chosen_rewards - rejected_rewards),
+      "logps/chosen": mean(sg(chosen_logps)),
+      "logps/rejected": mean(sg(rejected_logps)),
+  }

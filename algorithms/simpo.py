@@ -1,0 +1,80 @@
+"""SimPO: Simple Preference Optimization with a Reference-Free Reward (Meng, Xia, Chen 2024).
+
+Reference-free: the implicit reward is β times the policy's per-token AVERAGE log-prob,
+
+    r(y) = β · (1/|y|) Σ_t log πθ(y_t | x, y_<t),
+
+and the Bradley-Terry objective asks the reward gap to exceed a target margin γ.
+
+Config keys read (all in `config.loss`): `beta` (SimPO's β, ~100× DPO's: 2 to 10 in the
+paper), `simpo_gamma_beta_ratio` (γ/β, the official code's `gamma_beta_ratio`),
+`label_smoothing` (cDPO form, as the official trainer allows) and `sft_weight` (weight of a
+cross-entropy term on the chosen completions, the official trainer's `sft_weight`).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+
+from algorithms.base import (Array, LossInputs, Metrics, Requirements, batch_mean,
+                             preference_metrics, register)
+from algorithms.dpo import (check_number, conservative_log_sigmoid_loss, masked_float32,
+                            policy_sequence_logps)
+
+
+def simpo_loss(chosen_avg_logps: Array, rejected_avg_logps: Array, beta: float,
+               gamma_beta_ratio: float, label_smoothing: float = 0.0) -> Array:
+  """SimPO, per pair (Meng et al. 2024, Eq. 6):
+
+      L = −log σ( β/|y_w| log πθ(y_w|x) − β/|y_l| log πθ(y_l|x) − γ ),   γ = β · gamma_beta_ratio
+
+  computed as the official `simpo_trainer.py::simpo_loss` does, −log σ(β (Δ − γ/β)) with
+  Δ = the difference of average log-probs. With label_smoothing ε > 0, the conservative
+  form −(1−ε) log σ(z) − ε log σ(−z) of the official trainer.
+  """
+  logits = beta * ((chosen_avg_logps - rejected_avg_logps) - gamma_beta_ratio)
+  return conservative_log_sigmoid_loss(logits, label_smoothing)
+
+
+def chosen_nll(inputs: LossInputs) -> Array:
+  """Token-weighted cross-entropy of the chosen completions over the batch.
+
+  −Σ_b w_b Σ_t m_bt logπ_bt / Σ_b w_b n_b, i.e. HF `CrossEntropyLoss` over every chosen
+  completion token of the batch (what the SimPO trainer's `sft_weight` term uses), with pair
+  weights w. Written as a ratio of two `batch_mean`s so filler pairs drop out.
+  """
+  logps, mask = masked_float32(inputs.policy_chosen_logps, inputs.chosen_mask)
+  nll_sum = batch_mean(-jnp.sum(logps, axis=-1), inputs)
+  tokens = batch_mean(jnp.sum(mask, axis=-1), inputs)
+  # No completion token at all: nll_sum is 0 too, so the term is 0 rather than NaN.
+  return nll_sum / jnp.maximum(tokens, jnp.finfo(jnp.float32).tiny)
+
+
+def _validate_simpo(cfg: Mapping) -> None:
+  check_number(cfg, "beta", low=0.0, low_inclusive=False)
+  check_number(cfg, "simpo_gamma_beta_ratio", low=0.0)
+  check_number(cfg, "label_smoothing", low=0.0, high=0.5, high_inclusive=False)
+  check_number(cfg, "sft_weight", low=0.0)
+
+
+@register("simpo", requirements=Requirements(reference=False), validate=_validate_simpo)
+def simpo(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
+  """SimPO (Meng et al. 2024, Eq. 6), pair-weighted batch mean; see `simpo_loss`.
+
+  Adds `sft_weight` · `chosen_nll` when sft_weight > 0 (logged as `sft_loss`). The reference
+  fields of `inputs` are ignored and may be None. Metrics follow the official SimPO trainer:
+  rewards β·mean logπ and `logps/*` the per-token MEAN log-probs.
+  """
+  chosen, rejected = policy_sequence_logps(inputs, average=True)
+  per_pair = simpo_loss(chosen, rejected, cfg.beta, cfg.simpo_gamma_beta_ratio,
+                        cfg.label_smoothing)
+  loss = batch_mean(per_pair, inputs)
+  metrics = preference_metrics(inputs, cfg.beta * chosen, cfg.beta * rejected, chosen, rejected)
+  if cfg.sft_weight:
+    sft = chosen_nll(inputs)
+    loss = loss + cfg.sft_weight * sft
+    metrics["sft_loss"] = jax.lax.stop_gradient(sft)
+  return loss, metrics

@@ -1,0 +1,13 @@
+"""Data package: tokenizers, preference datasets and the batch pipeline.
+
+Modules (import them directly; this file stays import-light so that
+``import data`` does not pull in TFDS or pyarrow):
+
+* ``data.tokenizer``      -- the tokenizer interface, ``ByteTokenizer``, ``HFTokenizer``.
+* ``data.synthetic``      -- the built-in digit-sorting preference task and its verifier.
+* ``data.readers``        -- local JSONL / JSON / Parquet preference files (TRL layout).
+* ``data.tfds_builders``  -- TFDS builders (array_record, no TensorFlow) and
+                             ``load_preference_source``.
+* ``data.pipeline``       -- tokenization, truncation, padding, resumable batching.
+* ``data.errors``         -- ``DataError``, raised for malformed input data.
+"""

@@ -1,0 +1,360 @@
+"""Tokenization, truncation, padding and deterministic batching of preference pairs.
+
+Sequence layout (per pair, chosen and rejected alike)::
+
+    tokens = [bos] + prompt_ids + completion_ids + [eos]     # bos only if the tokenizer has one
+
+Truncation (explicit limits, so the longest possible sequence is known up
+front and always fits the largest bucket):
+
+* the prompt segment (bos included) is at most ``max_prompt_len`` tokens; it
+  keeps its END (the text right before the answer) and always keeps bos;
+* the completion segment (eos included) is at most ``max_completion_len``
+  tokens; it keeps its START. A truncated completion therefore loses its eos,
+  so the model is never taught to stop where the text did not stop.
+
+Batch arrays (B pairs, T = smallest bucket fitting the longest sequence of
+the GLOBAL batch, chosen and rejected padded to the same T, right padding
+with ``pad_id``):
+
+* ``chosen_ids`` / ``rejected_ids``: [B, T] int32
+* ``chosen_attention_mask`` / ``rejected_attention_mask``: [B, T] int32, 1 on
+  real tokens (prompt + completion), 0 on padding
+* ``chosen_loss_mask`` / ``rejected_loss_mask``: [B, T] float32, 1 at t iff
+  ids[t] is a completion token (eos included): the label positions whose
+  log pi(ids[t] | ids[<t]) counts. Always 0 at t = 0, on prompt and padding.
+* ``example_id``: [B] int64; eval batches add ``weight``: [B] float32.
+
+Tokenization is EAGER: the whole split is tokenized once when a batcher is
+built. That makes ``num_batches_per_epoch`` and the dropped/truncated counts
+exact from the start and keeps ``batch(step)`` cheap and side-effect free.
+Pairs that carry no preference signal after truncation (chosen and rejected
+tokens identical, or a side with no scored token) are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from data.tokenizer import Tokenizer
+
+_CHUNK = 1024  # records tokenized per encode_batch call
+
+
+@dataclasses.dataclass
+class SplitStats:
+  """Counts for one tokenized split (all in pairs)."""
+
+  total: int = 0
+  kept: int = 0
+  dropped: int = 0               # no preference signal left after truncation
+  truncated_prompt: int = 0      # prompt lost tokens on the left
+  truncated_completion: int = 0  # chosen or rejected lost tokens on the right
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizedPair:
+  """One pair after tokenization and truncation; arrays are int32."""
+
+  example_id: int
+  prompt: np.ndarray   # [bos] + prompt ids
+  chosen: np.ndarray   # completion ids + [eos] (eos absent if truncated)
+  rejected: np.ndarray
+
+
+def _encode_many(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
+  batch = getattr(tokenizer, "encode_batch", None)
+  return batch(texts) if batch is not None else [tokenizer.encode(t) for t in texts]
+
+
+class TokenizedPairs(Sequence[TokenizedPair]):
+  """A whole split, tokenized and truncated eagerly; kept pairs only.
+
+  ``source`` is any sequence (or iterable) of dicts with str ``prompt``,
+  ``chosen``, ``rejected`` and optionally an int ``example_id`` (defaults
+  to the record's index).
+  """
+
+  def __init__(self, source, tokenizer: Tokenizer, *, max_prompt_len: int,
+               max_completion_len: int):
+    bos = tokenizer.bos_id
+    prefix = [] if bos is None else [int(bos)]
+    if max_prompt_len < len(prefix) or max_completion_len < 1:
+      raise ValueError(
+          f"need max_prompt_len >= {len(prefix)} (room for bos) and "
+          f"max_completion_len >= 1, got {max_prompt_len}, {max_completion_len}")
+    self.max_prompt_len = max_prompt_len
+    self.max_completion_len = max_completion_len
+    prompt_budget = max_prompt_len - len(prefix)
+    eos = [int(tokenizer.eos_id)]
+    stats = SplitStats()
+    pairs: list[TokenizedPair] = []
+
+    it = iter(source)
+    index = 0
+    while chunk := list(itertools.islice(it, _CHUNK)):
+      prompts = _encode_many(tokenizer, [r["prompt"] for r in chunk])
+      chosens = _encode_many(tokenizer, [r["chosen"] for r in chunk])
+      rejecteds = _encode_many(tokenizer, [r["rejected"] for r in chunk])
+      for rec, p, c, r in zip(chunk, prompts, chosens, rejecteds):
+        example_id = int(rec.get("example_id", index))
+        index += 1
+        stats.total += 1
+        if len(p) > prompt_budget:
+          stats.truncated_prompt += 1
+          p = p[len(p) - prompt_budget:]  # keep the end
+        c, r = list(c) + eos, list(r) + eos
+        if len(c) > max_completion_len or len(r) > max_completion_len:
+          stats.truncated_completion += 1
+        c, r = c[:max_completion_len], r[:max_completion_len]  # keep the start
+        prompt = prefix + list(p)
+        # Token 0 is never scored, so with an empty prompt and no bos
+        # a one-token completion has nothing to learn from.
+        scored = len(c) - (0 if prompt else 1), len(r) - (0 if prompt else 1)
+        if c == r or min(scored) < 1:
+          stats.dropped += 1
+          continue
+        pairs.append(TokenizedPair(
+            example_id, np.asarray(prompt, np.int32),
+            np.asarray(c, np.int32), np.asarray(r, np.int32)))
+    stats.kept = len(pairs)
+    self.stats = stats
+    self._pairs = pairs
+    self.pad_id = int(tokenizer.pad_id)
+
+  def __len__(self) -> int:
+    return len(self._pairs)
+
+  def __getitem__(self, i):  # type: ignore[override]
+    return self._pairs[i]
+
+  def length(self, i: int) -> int:
+    """Longest of the chosen / rejected sequences of pair ``i``."""
+    p = self._pairs[i]
+    return len(p.prompt) + max(len(p.chosen), len(p.rejected))
+
+
+def check_buckets(buckets: Sequence[int], max_len: int) -> tuple[int, ...]:
+  """Validates bucket lengths: ascending, positive, largest fits ``max_len``."""
+  b = tuple(int(x) for x in buckets)
+  if not b or any(x <= 0 for x in b) or list(b) != sorted(set(b)):
+    raise ValueError(f"buckets must be strictly ascending positive lengths, got {buckets}")
+  if b[-1] < max_len:
+    raise ValueError(f"largest bucket {b[-1]} < max_prompt_len + max_completion_len "
+                     f"= {max_len}; a sequence might not fit")
+  return b
+
+
+def bucket_length(n: int, buckets: Sequence[int]) -> int:
+  """The smallest bucket >= n."""
+  for b in buckets:
+    if b >= n:
+      return b
+  raise ValueError(f"sequence length {n} exceeds the largest bucket {buckets[-1]}")
+
+
+def collate(pairs: Sequence[TokenizedPair], length: int, pad_id: int) -> dict:
+  """Right-padded batch arrays (see the module docstring) of padded length ``length``."""
+  B = len(pairs)
+  out = {"example_id": np.asarray([p.example_id for p in pairs], np.int64)}
+  for side in ("chosen", "rejected"):
+    ids = np.full((B, length), pad_id, np.int32)
+    attn = np.zeros((B, length), np.int32)
+    loss = np.zeros((B, length), np.float32)
+    for row, p in enumerate(pairs):
+      completion = getattr(p, side)
+      n_prompt, n = len(p.prompt), len(p.prompt) + len(completion)
+      ids[row, :n_prompt] = p.prompt
+      ids[row, n_prompt:n] = completion
+      attn[row, :n] = 1
+      loss[row, n_prompt:n] = 1.0
+    loss[:, 0] = 0.0  # nothing predicts token 0
+    out[f"{side}_ids"] = ids
+    out[f"{side}_attention_mask"] = attn
+    out[f"{side}_loss_mask"] = loss
+  return out
+
+
+def left_pad(batch: Mapping[str, np.ndarray]) -> dict:
+  """Converts a right-padded batch to left padding (same T, same content).
+
+  Each row is rotated right by its padding amount, which moves the pad
+  tokens (and their zero masks) to the front. Other keys are copied.
+  """
+  out = dict(batch)
+  for side in ("chosen", "rejected"):
+    attn = np.asarray(batch[f"{side}_attention_mask"])
+    B, T = attn.shape
+    lengths = attn.sum(axis=1)
+    positions = np.arange(T)[None, :]
+    if not np.array_equal(attn, (positions < lengths[:, None]).astype(attn.dtype)):
+      raise ValueError(f"{side}_attention_mask is not right-padded")
+    index = (positions - (T - lengths)[:, None]) % T
+    for key in ("ids", "attention_mask", "loss_mask"):
+      name = f"{side}_{key}"
+      out[name] = np.take_along_axis(np.asarray(batch[name]), index, axis=1)
+  return out
+
+
+# --------------------------------------------------------------------------
+# Deterministic shuffling
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+  """splitmix64's finalizer on uint64 arrays (wrapping arithmetic)."""
+  x = np.asarray(x, np.uint64)
+  with np.errstate(over="ignore"):
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+  """A permutation of range(n) that depends only on (n, seed, epoch).
+
+  Hand-rolled (hash keys + stable argsort) instead of numpy's Generator so
+  the order, and thus resuming a run by step number, cannot change with
+  a numpy upgrade.
+  """
+  h = _mix64(np.asarray([seed & 0xFFFFFFFFFFFFFFFF], np.uint64))
+  h = _mix64(h ^ np.uint64(epoch & 0xFFFFFFFFFFFFFFFF))
+  with np.errstate(over="ignore"):
+    keys = _mix64(h ^ (np.arange(n, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)))
+  return np.argsort(keys, kind="stable")
+
+
+def _local_slice(batch_size: int, process_index: int, process_count: int) -> slice:
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"bad process_index={process_index} / process_count={process_count}")
+  if batch_size % process_count:
+    raise ValueError(f"batch_size {batch_size} is not divisible by "
+                     f"process_count {process_count}")
+  local = batch_size // process_count
+  return slice(process_index * local, (process_index + 1) * local)
+
+
+class PreferenceBatcher:
+  """Deterministic, resumable training batches.
+
+  Global batch ``step`` comes from the permutation of epoch
+  ``step // num_batches_per_epoch``, which depends on (seed, epoch) only, so
+  any step can be produced directly: resuming needs just the step number.
+  Each process gets the contiguous ``process_index``-th 1/process_count
+  slice of the global batch; the padded length T is computed over the
+  global batch so all processes agree on shapes.
+
+  ``drop_remainder=False`` keeps every example: the last batch of an epoch
+  is completed with examples from the start of the same epoch's order (so
+  shapes stay static; those few examples are seen twice that epoch).
+  """
+
+  def __init__(self, source, tokenizer: Tokenizer, *, batch_size: int, seed: int,
+               max_prompt_len: int, max_completion_len: int, buckets: Sequence[int],
+               shuffle: bool = True, drop_remainder: bool = True,
+               process_index: int = 0, process_count: int = 1):
+    if batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    self._local = _local_slice(batch_size, process_index, process_count)
+    self.buckets = check_buckets(buckets, max_prompt_len + max_completion_len)
+    self.pairs = TokenizedPairs(source, tokenizer, max_prompt_len=max_prompt_len,
+                                max_completion_len=max_completion_len)
+    self.batch_size = batch_size
+    self.local_batch_size = batch_size // process_count
+    self.seed = int(seed)
+    self.shuffle = shuffle
+    self.drop_remainder = drop_remainder
+    n = len(self.pairs)
+    if n == 0 or (drop_remainder and n < batch_size):
+      raise ValueError(f"only {n} usable pairs ({self.stats}), fewer than "
+                       f"batch_size {batch_size}")
+    self.num_batches_per_epoch = (n // batch_size if drop_remainder
+                                  else math.ceil(n / batch_size))
+    self._perm_cache: dict[int, np.ndarray] = {}
+
+  @property
+  def stats(self) -> SplitStats:
+    return self.pairs.stats
+
+  def _order(self, epoch: int) -> np.ndarray:
+    if epoch not in self._perm_cache:
+      n = len(self.pairs)
+      order = (epoch_permutation(n, self.seed, epoch) if self.shuffle
+               else np.arange(n))
+      self._perm_cache = {epoch: order}  # one epoch at a time is enough
+    return self._perm_cache[epoch]
+
+  def global_indices(self, step: int) -> np.ndarray:
+    """Indices into ``self.pairs`` of global batch ``step``."""
+    if step < 0:
+      raise ValueError(f"step must be >= 0, got {step}")
+    epoch, j = divmod(int(step), self.num_batches_per_epoch)
+    order = self._order(epoch)
+    positions = (j * self.batch_size + np.arange(self.batch_size)) % len(order)
+    return order[positions]
+
+  def batch(self, step: int) -> dict:
+    """This process's slice of global batch ``step``."""
+    idx = self.global_indices(step)
+    length = bucket_length(max(self.pairs.length(i) for i in idx), self.buckets)
+    local = [self.pairs[i] for i in idx[self._local]]
+    return collate(local, length, self.pairs.pad_id)
+
+  def __iter__(self) -> Iterator[dict]:
+    """Endless batches from step 0; use ``batch(step)`` to resume elsewhere."""
+    return (self.batch(step) for step in itertools.count())
+
+
+class EvalBatches:
+  """In-order batches over a whole split, each example exactly once.
+
+  The last global batch is completed with repeats of the first examples
+  carrying ``weight`` 0 (real rows have 1), so weighted averages are exact
+  and shapes stay static. Re-iterable; ``len()`` is the number of batches.
+  """
+
+  def __init__(self, source, tokenizer: Tokenizer, *, batch_size: int,
+               max_prompt_len: int, max_completion_len: int, buckets: Sequence[int],
+               process_index: int = 0, process_count: int = 1):
+    if batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    self._local = _local_slice(batch_size, process_index, process_count)
+    self.buckets = check_buckets(buckets, max_prompt_len + max_completion_len)
+    self.pairs = TokenizedPairs(source, tokenizer, max_prompt_len=max_prompt_len,
+                                max_completion_len=max_completion_len)
+    self.batch_size = batch_size
+    if len(self.pairs) == 0:
+      raise ValueError(f"no usable pairs to evaluate ({self.stats})")
+
+  @property
+  def stats(self) -> SplitStats:
+    return self.pairs.stats
+
+  def __len__(self) -> int:
+    return math.ceil(len(self.pairs) / self.batch_size)
+
+  def __iter__(self) -> Iterator[dict]:
+    n = len(self.pairs)
+    for j in range(len(self)):
+      positions = j * self.batch_size + np.arange(self.batch_size)
+      weight = (positions < n).astype(np.float32)
+      idx = positions % n
+      length = bucket_length(max(self.pairs.length(i) for i in idx), self.buckets)
+      batch = collate([self.pairs[i] for i in idx[self._local]], length,
+                      self.pairs.pad_id)
+      batch["weight"] = weight[self._local]
+      yield batch
+
+
+def eval_batches(source, tokenizer: Tokenizer, *, batch_size: int, max_prompt_len: int,
+                 max_completion_len: int, buckets: Sequence[int], process_index: int = 0,
+                 process_count: int = 1) -> EvalBatches:
+  """In-order eval batches over ``source`` with a ``weight`` array; see ``EvalBatches``."""
+  return EvalBatches(source, tokenizer, batch_size=batch_size,
+                     max_prompt_len=max_prompt_len, max_completion_len=max_completion_len,
+                     buckets=buckets, process_index=process_index,
+                     process_count=process_count)

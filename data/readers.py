@@ -1,0 +1,299 @@
+"""Readers for local preference files in TRL's dataset layout.
+
+Accepted inputs (``read_preferences(path, split)``):
+
+* a single ``.jsonl`` / ``.json`` (a list of objects) / ``.parquet`` file,
+  which holds the ``train`` split only;
+* a directory with one file (or ``name-*`` shards) per split, e.g.
+  ``train.jsonl`` + ``test.jsonl``, or Hugging Face style
+  ``data/train-00000-of-00001.parquet``. ``test`` and ``validation`` stand in
+  for each other when only one of them exists.
+
+Record formats (TRL's preference formats):
+
+* standard: ``prompt``, ``chosen``, ``rejected`` are strings;
+* conversational: ``chosen`` / ``rejected`` (and optionally ``prompt``) are
+  lists of ``{"role": ..., "content": ...}`` messages, roles ``system``,
+  ``user`` or ``assistant``. Without ``prompt`` (TRL's implicit-prompt
+  format) the prompt is the longest shared prefix of the two conversations.
+
+Conversations are rendered to text with this template, one block per message::
+
+    <|{role}|>\\n{content}\\n
+
+The prompt is its messages rendered, followed by the generation header
+``<|assistant|>\\n``; each completion must start with an assistant message
+and is rendered without that header, so ``prompt + completion`` is exactly
+the rendering of the full conversation.
+
+Every problem raises ``DataError`` naming the file, the line (JSONL, and JSON
+syntax errors) or record index, and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from data.errors import DataError, locate
+
+# Bump whenever parsing or rendering changes the produced text: it is mixed
+# into the TFDS cache key of local datasets (see data.tfds_builders).
+READER_VERSION = "1"
+
+EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
+ROLES = ("system", "user", "assistant")
+GENERATION_HEADER = "<|assistant|>\n"
+_FIELDS = ("prompt", "chosen", "rejected")
+# A requested split falls back to these names, in order.
+_SPLIT_ALIASES = {"test": ("test", "validation"), "validation": ("validation", "test")}
+
+
+def render_message(role: str, content: str) -> str:
+  return f"<|{role}|>\n{content}\n"
+
+
+def render_messages(messages: list[dict]) -> str:
+  """Renders a validated conversation with the template documented above."""
+  return "".join(render_message(m["role"], m["content"]) for m in messages)
+
+
+# --------------------------------------------------------------------------
+# Locating files
+
+
+def _split_of(filename: str) -> str | None:
+  """'train-00000-of-00002.parquet' -> 'train'; None for unsupported files."""
+  stem, ext = os.path.splitext(filename)
+  if ext not in EXTENSIONS or filename.startswith("."):
+    return None
+  return stem.split("-", 1)[0]
+
+
+def _files_by_split(directory: str) -> dict[str, list[str]]:
+  """Split name -> sorted files, from ``directory`` or else ``directory/data``."""
+  for d in (directory, os.path.join(directory, "data")):
+    if not os.path.isdir(d):
+      continue
+    found: dict[str, list[str]] = {}
+    for name in sorted(os.listdir(d)):
+      split = _split_of(name)
+      if split and os.path.isfile(os.path.join(d, name)):
+        found.setdefault(split, []).append(os.path.join(d, name))
+    if found:
+      return found
+  return {}
+
+
+def _check_exists(path: str) -> None:
+  if not os.path.exists(path):
+    raise DataError(f"{path}: no such file or directory")
+
+
+def available_splits(path: str) -> list[str]:
+  """Split names readable from ``path`` (a single file only has 'train')."""
+  _check_exists(path)
+  if os.path.isfile(path):
+    return ["train"]
+  return sorted(_files_by_split(path))
+
+
+def split_files(path: str, split: str) -> list[str]:
+  """The files holding ``split`` under ``path``, in reading order."""
+  _check_exists(path)
+  if os.path.isfile(path):
+    if os.path.splitext(path)[1] not in EXTENSIONS:
+      raise DataError(f"{path}: unsupported file type; expected one of "
+                      f"{', '.join(EXTENSIONS)}")
+    if split != "train":
+      raise DataError(f"{path}: a single file only holds the 'train' split, "
+                      f"not {split!r}; use a directory with {split}.* files")
+    return [path]
+  by_split = _files_by_split(path)
+  for name in _SPLIT_ALIASES.get(split, (split,)):
+    if name in by_split:
+      files = by_split[name]
+      exts = {os.path.splitext(f)[1] for f in files}
+      if len(exts) > 1:
+        raise DataError(f"{path}: split {name!r} has files of several types "
+                        f"({', '.join(sorted(exts))}); keep one")
+      return files
+  raise DataError(f"{path}: no {split!r} split; found splits {sorted(by_split)} "
+                  f"(expected files like {split}.jsonl, {split}.json or {split}.parquet)")
+
+
+# --------------------------------------------------------------------------
+# Validating one record
+
+
+def _as_text(value, file, line, index, field) -> str:
+  """A field value as a str that is valid UTF-8, else DataError."""
+  if isinstance(value, bytes):  # Parquet binary columns
+    try:
+      value = value.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise DataError(f"{locate(file, line=line, record=index, field=field)}: "
+                      f"not valid UTF-8 (byte {e.start})") from None
+  if not isinstance(value, str):
+    raise DataError(f"{locate(file, line=line, record=index, field=field)}: "
+                    f"must be a string, got {type(value).__name__}")
+  try:
+    value.encode("utf-8")  # JSON "\ud800" escapes give lone surrogates
+  except UnicodeEncodeError:
+    raise DataError(f"{locate(file, line=line, record=index, field=field)}: "
+                    f"not valid UTF-8 (lone surrogate)") from None
+  return value
+
+
+def _messages(value, file, line, index, field) -> list[dict]:
+  where = lambda sub: locate(file, line=line, record=index, field=sub)  # noqa: E731
+  if not isinstance(value, list):
+    raise DataError(f"{where(field)}: must be a list of messages in the "
+                    f"conversational format, got {type(value).__name__}")
+  out = []
+  for i, msg in enumerate(value):
+    sub = f"{field}[{i}]"
+    if not isinstance(msg, dict):
+      raise DataError(f"{where(sub)}: a message must be an object with "
+                      f"'role' and 'content', got {type(msg).__name__}")
+    for key in ("role", "content"):
+      if msg.get(key) is None:
+        raise DataError(f"{where(f'{sub}.{key}')}: missing")
+    role = _as_text(msg["role"], file, line, index, f"{sub}.role")
+    if role not in ROLES:
+      raise DataError(f"{where(f'{sub}.role')}: unknown role {role!r}; "
+                      f"expected one of {', '.join(ROLES)}")
+    content = _as_text(msg["content"], file, line, index, f"{sub}.content")
+    out.append({"role": role, "content": content})
+  return out
+
+
+def _completion_text(messages: list[dict], offset: int, file, line, index, field) -> str:
+  """Renders completion messages (starting at conversation index ``offset``)."""
+  where = locate(file, line=line, record=index, field=f"{field}[{offset}]")
+  if not messages:
+    raise DataError(f"{locate(file, line=line, record=index, field=field)}: empty "
+                    f"completion (chosen and rejected share every message)")
+  if messages[0]["role"] != "assistant":
+    raise DataError(f"{where}: the completion must start with an 'assistant' "
+                    f"message, got role {messages[0]['role']!r}")
+  if not any(m["content"].strip() for m in messages):
+    raise DataError(f"{where}: empty completion")
+  return render_messages(messages)[len(GENERATION_HEADER):]
+
+
+def normalize_record(record, *, file: str, line: int | None = None,
+                     index: int | None = None) -> dict:
+  """One raw record (standard or conversational) -> {'prompt','chosen','rejected'} text."""
+  if not isinstance(record, dict):
+    raise DataError(f"{locate(file, line=line, record=index)}: a record must be an "
+                    f"object, got {type(record).__name__}")
+  for field in ("chosen", "rejected"):
+    if record.get(field) is None:
+      raise DataError(f"{locate(file, line=line, record=index, field=field)}: missing")
+  chosen, rejected, prompt = record["chosen"], record["rejected"], record.get("prompt")
+
+  if isinstance(chosen, list) or isinstance(rejected, list):
+    chosen = _messages(chosen, file, line, index, "chosen")
+    rejected = _messages(rejected, file, line, index, "rejected")
+    if prompt is None:
+      # Implicit prompt: the longest shared prefix of the conversations.
+      k = 0
+      while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
+        k += 1
+      prompt_msgs, chosen, rejected = chosen[:k], chosen[k:], rejected[k:]
+      offset = k
+    else:
+      prompt_msgs = _messages(prompt, file, line, index, "prompt")
+      offset = 0
+    return {
+        "prompt": render_messages(prompt_msgs) + GENERATION_HEADER,
+        "chosen": _completion_text(chosen, offset, file, line, index, "chosen"),
+        "rejected": _completion_text(rejected, offset, file, line, index, "rejected"),
+    }
+
+  if prompt is None:
+    raise DataError(f"{locate(file, line=line, record=index, field='prompt')}: missing "
+                    f"(the standard format needs prompt, chosen and rejected)")
+  out = {f: _as_text(record[f], file, line, index, f) for f in _FIELDS}
+  for field in ("chosen", "rejected"):
+    if not out[field].strip():
+      raise DataError(f"{locate(file, line=line, record=index, field=field)}: empty")
+  return out
+
+
+# --------------------------------------------------------------------------
+# Reading files
+
+
+def _read_jsonl(file: str) -> list[dict]:
+  out = []
+  with open(file, "rb") as f:
+    for lineno, raw in enumerate(f, start=1):
+      if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # UTF-8 BOM
+        raw = raw[3:]
+      try:
+        text = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise DataError(f"{file}:{lineno}: not valid UTF-8 (byte {e.start} "
+                        f"of the line)") from None
+      if not text.strip():
+        continue  # blank lines are harmless, e.g. a trailing newline
+      try:
+        record = json.loads(text)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{file}:{lineno}: invalid JSON: {e.msg} "
+                        f"(column {e.colno})") from None
+      out.append(normalize_record(record, file=file, line=lineno, index=len(out)))
+  return out
+
+
+def _read_json(file: str) -> list[dict]:
+  with open(file, "rb") as f:
+    raw = f.read()
+  try:
+    text = raw.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = raw[:e.start].count(b"\n") + 1
+    raise DataError(f"{file}:{line}: not valid UTF-8") from None
+  try:
+    records = json.loads(text)
+  except json.JSONDecodeError as e:
+    hint = " (JSON Lines? name the file .jsonl)" if e.msg == "Extra data" else ""
+    raise DataError(f"{file}:{e.lineno}: invalid JSON: {e.msg} "
+                    f"(column {e.colno}){hint}") from None
+  if not isinstance(records, list):
+    raise DataError(f"{file}: expected a JSON list of records, got "
+                    f"{type(records).__name__}")
+  return [normalize_record(r, file=file, index=i) for i, r in enumerate(records)]
+
+
+def _read_parquet(file: str) -> list[dict]:
+  import pyarrow as pa  # deferred: only Parquet users pay for the import
+  import pyarrow.parquet as pq
+
+  try:
+    rows = pq.read_table(file).to_pylist()
+  except (pa.ArrowException, OSError) as e:
+    raise DataError(f"{file}: cannot read Parquet: {e}") from None
+  return [normalize_record(r, file=file, index=i) for i, r in enumerate(rows)]
+
+
+_READERS = {"jsonl": _read_jsonl, "json": _read_json, "parquet": _read_parquet}
+
+
+def read_file(file: str) -> list[dict]:
+  """All records of one file, normalized to prompt/chosen/rejected text."""
+  kind = EXTENSIONS.get(os.path.splitext(file)[1])
+  if kind is None:
+    raise DataError(f"{file}: unsupported file type; expected one of "
+                    f"{', '.join(EXTENSIONS)}")
+  return _READERS[kind](file)
+
+
+def read_preferences(path: str, split: str) -> list[dict]:
+  """Records of ``split`` under ``path`` as dicts of prompt/chosen/rejected strings."""
+  records: list[dict] = []
+  for file in split_files(path, split):
+    records.extend(read_file(file))
+  return records

@@ -1,0 +1,310 @@
+"""Llama-family decoder-only transformer in Flax NNX.
+
+Covers Llama (1/2/3, with Llama-3 RoPE scaling), Qwen2 (q/k/v bias, tied
+embeddings) and Mistral (without sliding windows): RMSNorm, rotary position
+embeddings (HF "rotate-half" convention), grouped-query attention and a
+SwiGLU MLP, in pre-norm residual blocks.
+
+Shape letters used in names and comments:
+  B batch, T query length, S key length (= T, no KV cache), D hidden_size,
+  F intermediate_size, V vocab_size, N num_heads, K num_kv_heads,
+  G = N // K query heads per kv head, H head_dim.
+
+Parameter layouts (and their logical axes, see `models/partitioning.py`):
+  embedding               [V, D]     ('vocab', 'embed')
+  layers[i].attn.q_proj   [D, N, H]  ('embed', 'heads', 'head_dim')
+  layers[i].attn.k_proj   [D, K, H]  ('embed', 'kv_heads', 'head_dim')
+  layers[i].attn.v_proj   [D, K, H]  ('embed', 'kv_heads', 'head_dim')
+  layers[i].attn.q_bias   [N, H]     ('heads', 'head_dim')      (qkv_bias)
+  layers[i].attn.k_bias   [K, H]     ('kv_heads', 'head_dim')   (qkv_bias)
+  layers[i].attn.v_bias   [K, H]     ('kv_heads', 'head_dim')   (qkv_bias)
+  layers[i].attn.o_proj   [N, H, D]  ('heads', 'head_dim', 'embed')
+  layers[i].mlp.gate_proj [D, F]     ('embed', 'mlp')
+  layers[i].mlp.up_proj   [D, F]     ('embed', 'mlp')
+  layers[i].mlp.down_proj [F, D]     ('mlp', 'embed')
+  *_norm.scale            [D]        ('norm',)
+  lm_head                 [D, V]     ('embed', 'vocab')   (untied only)
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from models.config import ModelConfig
+
+# Finite "minus infinity" for masked attention scores: a fully masked row
+# (e.g. a padding query) then gets a uniform softmax instead of NaN.
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+_INIT_STD = 0.02  # HF initializer_range.
+
+
+def _param(rngs: nnx.Rngs, shape, dtype, logical_axes) -> nnx.Param:
+  """A normal(0, 0.02) parameter, as HF initialises Linear/Embedding."""
+  init = nnx.initializers.normal(_INIT_STD)
+  return nnx.Param(init(rngs.params(), shape, dtype), logical_axes=logical_axes)
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm with a learned scale, computed in float32 like HF."""
+
+  def __init__(self, config: ModelConfig):
+    self.eps = config.rms_norm_eps
+    self.dtype = config.compute_dtype
+    self.scale = nnx.Param(
+        jnp.ones((config.hidden_size,), config.params_dtype),
+        logical_axes=('norm',),
+    )
+
+  def __call__(self, x):  # [..., D] -> [..., D] compute dtype
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    normed = (x32 * jax.lax.rsqrt(var + self.eps)).astype(self.dtype)
+    # HF casts back to the input dtype *before* the scale multiply.
+    return normed * self.scale[...].astype(self.dtype)
+
+
+# ----------------------------------------------------------------------------
+# Rotary position embeddings.
+
+
+def rope_inv_freq(config: ModelConfig) -> jax.Array:
+  """Inverse frequencies [H // 2] float32, with optional Llama-3 scaling."""
+  h = config.head_dim
+  inv_freq = 1.0 / (
+      config.rope_theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+  rs = config.rope_scaling
+  if rs is None:
+    return inv_freq
+  # Llama 3.1: keep high frequencies, divide low frequencies by `factor`,
+  # and interpolate smoothly in between (wavelength measured in tokens).
+  factor = rs['factor']
+  low, high = rs['low_freq_factor'], rs['high_freq_factor']
+  old_len = rs['original_max_position_embeddings']
+  wavelen = 2 * math.pi / inv_freq
+  scaled = jnp.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+  smooth = (old_len / wavelen - low) / (high - low)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  is_medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+  return jnp.where(is_medium, smoothed, scaled)
+
+
+def rope_cos_sin(positions, inv_freq):
+  """positions [B, T] int -> (cos, sin), each [B, T, H] float32."""
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
+  # HF convention: the two halves of the head share frequencies.
+  angles = jnp.concatenate([angles, angles], axis=-1)  # [B, T, H]
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x, cos, sin):
+  """x [B, T, heads, H]; cos/sin [B, T, H] -> rotated x (same dtype)."""
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)  # "rotate_half"
+  cos = cos[:, :, None, :].astype(x.dtype)
+  sin = sin[:, :, None, :].astype(x.dtype)
+  return x * cos + rotated * sin
+
+
+# ----------------------------------------------------------------------------
+# Blocks.
+
+
+class Attention(nnx.Module):
+  """Causal grouped-query self-attention with RoPE."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    d, n, k, h = (config.hidden_size, config.num_heads, config.num_kv_heads,
+                  config.head_dim)
+    pdt = config.params_dtype
+    self.num_kv_heads = k
+    self.dtype = config.compute_dtype
+    self.q_proj = _param(rngs, (d, n, h), pdt, ('embed', 'heads', 'head_dim'))
+    self.k_proj = _param(rngs, (d, k, h), pdt, ('embed', 'kv_heads', 'head_dim'))
+    self.v_proj = _param(rngs, (d, k, h), pdt, ('embed', 'kv_heads', 'head_dim'))
+    self.o_proj = _param(rngs, (n, h, d), pdt, ('heads', 'head_dim', 'embed'))
+    if config.qkv_bias:
+      self.q_bias = nnx.Param(jnp.zeros((n, h), pdt),
+                              logical_axes=('heads', 'head_dim'))
+      self.k_bias = nnx.Param(jnp.zeros((k, h), pdt),
+                              logical_axes=('kv_heads', 'head_dim'))
+      self.v_bias = nnx.Param(jnp.zeros((k, h), pdt),
+                              logical_axes=('kv_heads', 'head_dim'))
+    else:
+      self.q_bias = self.k_bias = self.v_bias = None
+
+  def _project(self, x, w, b):
+    """x [B, T, D] @ w [D, heads, H] (+ b [heads, H]) -> [B, T, heads, H]."""
+    y = jnp.einsum('btd,dnh->btnh', x, w[...].astype(self.dtype))
+    if b is not None:
+      y = y + b[...].astype(self.dtype)
+    return y
+
+  def __call__(self, x, cos, sin, mask):
+    """x [B, T, D]; cos/sin [B, T, H]; mask [B, T, S] bool -> [B, T, D]."""
+    q = self._project(x, self.q_proj, self.q_bias)
+    k = self._project(x, self.k_proj, self.k_bias)
+    v = self._project(x, self.v_proj, self.v_bias)
+    q = apply_rope(q, cos, sin)  # [B, T, N, H]
+    k = apply_rope(k, cos, sin)  # [B, S, K, H]
+
+    b, t, n, h = q.shape
+    # Group query heads by the kv head they share: [B, T, K, G, H]. HF's
+    # repeat_kv puts query head n on kv head n // G, which this matches.
+    q = q.reshape(b, t, self.num_kv_heads, n // self.num_kv_heads, h)
+    # Scores in float32 for a stable softmax even with bf16 compute.
+    scores = jnp.einsum('btkgh,bskh->bkgts', q, k,
+                        preferred_element_type=jnp.float32)
+    scores = scores * (h ** -0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+    out = jnp.einsum('bkgts,bskh->btkgh', probs, v)  # [B, T, K, G, H]
+    out = out.reshape(b, t, n, h)
+    return jnp.einsum('btnh,nhd->btd', out, self.o_proj[...].astype(self.dtype))
+
+
+class MLP(nnx.Module):
+  """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    d, f = config.hidden_size, config.intermediate_size
+    pdt = config.params_dtype
+    self.dtype = config.compute_dtype
+    self.gate_proj = _param(rngs, (d, f), pdt, ('embed', 'mlp'))
+    self.up_proj = _param(rngs, (d, f), pdt, ('embed', 'mlp'))
+    self.down_proj = _param(rngs, (f, d), pdt, ('mlp', 'embed'))
+
+  def __call__(self, x):  # [B, T, D] -> [B, T, D]
+    dt = self.dtype
+    gate = x @ self.gate_proj[...].astype(dt)  # [B, T, F]
+    up = x @ self.up_proj[...].astype(dt)  # [B, T, F]
+    return (jax.nn.silu(gate) * up) @ self.down_proj[...].astype(dt)
+
+
+class Block(nnx.Module):
+  """Pre-norm decoder block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.input_norm = RMSNorm(config)
+    self.attn = Attention(config, rngs=rngs)
+    self.post_attn_norm = RMSNorm(config)
+    self.mlp = MLP(config, rngs=rngs)
+
+  def __call__(self, x, cos, sin, mask):  # x [B, T, D] -> [B, T, D]
+    x = x + self.attn(self.input_norm(x), cos, sin, mask)
+    return x + self.mlp(self.post_attn_norm(x))
+
+
+def _run_block(block: Block, x, cos, sin, mask):
+  return block(x, cos, sin, mask)
+
+
+# ----------------------------------------------------------------------------
+# Masks and positions.
+
+
+def make_attention_mask(seq_len: int, attention_mask=None, segment_ids=None):
+  """Boolean mask [B or 1, T, S]: True where query t may attend to key s.
+
+  Causal in *index* order; padded keys (attention_mask == 0) are never
+  attended; with segment_ids, attention stays within a segment.
+  """
+  idx = jnp.arange(seq_len)
+  mask = (idx[:, None] >= idx[None, :])[None]  # [1, T, S]
+  if attention_mask is not None:
+    mask = mask & (attention_mask[:, None, :] != 0)  # key padding
+  if segment_ids is not None:
+    mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+  return mask
+
+
+def default_positions(input_ids, attention_mask=None):
+  """Positions [B, T] int32 counting real tokens only (0 on left padding).
+
+  With a mask, cumsum(mask) - 1 clipped at 0, so a sequence gets the same
+  positions whether it is left- or right-padded.
+  """
+  b, t = input_ids.shape
+  if attention_mask is None:
+    return jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  pos = jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1
+  return jnp.maximum(pos, 0)
+
+
+# ----------------------------------------------------------------------------
+# Model.
+
+
+class Transformer(nnx.Module):
+  """Llama-family causal language model.
+
+  Example:
+    model = Transformer(config, rngs=nnx.Rngs(0))
+    logits = model(input_ids, attention_mask=mask)  # [B, T, V] float32
+  """
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    v, d = config.vocab_size, config.hidden_size
+    pdt = config.params_dtype
+    self.embedding = _param(rngs, (v, d), pdt, ('vocab', 'embed'))  # [V, D]
+    self.layers = nnx.List(
+        [Block(config, rngs=rngs) for _ in range(config.num_layers)])
+    self.final_norm = RMSNorm(config)
+    if not config.tie_word_embeddings:
+      self.lm_head = _param(rngs, (d, v), pdt, ('embed', 'vocab'))
+
+  def hidden_states(self, input_ids, *, attention_mask=None, positions=None,
+                    segment_ids=None):
+    """Final-norm hidden states.
+
+    Args:
+      input_ids: [B, T] int token ids.
+      attention_mask: optional [B, T], 1 for real tokens, 0 for padding.
+      positions: optional [B, T] int RoPE positions. Default: positions
+        counting real tokens (see `default_positions`).
+      segment_ids: optional [B, T] int; tokens only attend within their
+        segment (packing). Requires explicit `positions`.
+
+    Returns:
+      [B, T, D] in the compute dtype.
+    """
+    if segment_ids is not None and positions is None:
+      raise ValueError(
+          'segment_ids requires explicit positions (restarting at 0 in '
+          'each packed segment).')
+    if positions is None:
+      positions = default_positions(input_ids, attention_mask)
+    cfg = self.config
+    mask = make_attention_mask(input_ids.shape[1], attention_mask, segment_ids)
+    cos, sin = rope_cos_sin(positions, rope_inv_freq(cfg))
+
+    x = jnp.take(self.embedding[...], input_ids, axis=0)  # [B, T, D]
+    x = x.astype(cfg.compute_dtype)
+    # nnx.remat recomputes a block's activations in the backward pass
+    # instead of storing them: memory per block drops to its input.
+    block_fn = nnx.remat(_run_block) if cfg.remat == 'block' else _run_block
+    for block in self.layers:
+      x = block_fn(block, x, cos, sin, mask)
+    return self.final_norm(x)
+
+  def unembed(self, h):
+    """Hidden states [..., D] -> logits [..., V] float32."""
+    dt = self.config.compute_dtype
+    if self.config.tie_word_embeddings:
+      w = self.embedding[...].astype(dt)  # [V, D]
+      return jnp.einsum('...d,vd->...v', h.astype(dt), w,
+                        preferred_element_type=jnp.float32)
+    w = self.lm_head[...].astype(dt)  # [D, V]
+    return jnp.einsum('...d,dv->...v', h.astype(dt), w,
+                      preferred_element_type=jnp.float32)
+
+  def __call__(self, input_ids, *, attention_mask=None, positions=None,
+               segment_ids=None):
+    """input_ids [B, T] -> logits [B, T, V] float32 (see hidden_states)."""
+    h = self.hidden_states(input_ids, attention_mask=attention_mask,
+                           positions=positions, segment_ids=segment_ids)
+    return self.unembed(h)

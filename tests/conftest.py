@@ -1,0 +1,36 @@
+"""Shared fixtures: a very small DPO config that trains in seconds on one CPU core."""
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+
+def micro_config(**overrides):
+  """configs/dpo.py:tiny shrunk further: 2 layers, 256 training pairs, batch 8."""
+  from configs import dpo
+
+  config = dpo.get_config("tiny")
+  config.model.update(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                      num_kv_heads=2)
+  config.data.update(synthetic_train_size=256, synthetic_test_size=24)
+  config.update(total_steps=6, batch_size=8, eval_batch_size=8, log_every=1, eval_every=3,
+                checkpoint_every=3, progress_bar=False)
+  config.optimizer.update(learning_rate=1e-3, warmup_steps=1)
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory):
+  """One TFDS cache for the whole session, so the synthetic task is prepared once."""
+  return str(tmp_path_factory.mktemp("tfds"))

@@ -1,0 +1,322 @@
+"""The one training loop: data -> sharded train step -> metrics, eval and checkpoints.
+
+    summary = train(config, workdir)
+
+Everything an algorithm needs beyond its loss is here once: building the (sharded) model,
+the frozen or precomputed reference, the optimizer, the jitted step with explicit shardings,
+periodic eval on the held-out split, orbax checkpoints with exact resume, SIGTERM handling,
+metrics to JSONL/TensorBoard/progress bar and the PNG of the curves at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+
+import algorithms
+from data import pipeline
+from data import tfds_builders
+from data.tokenizer import load_tokenizer
+import models
+from training import config_check
+from training.checkpoint import Checkpointer
+from training.mesh import batch_sharding, make_mesh, put_batch, replicated
+from training.metrics import MetricsWriter, plot_curves, read_metrics
+from training.optim import learning_rate_schedule, make_optimizer
+from training.reference import ReferenceCache, fingerprint
+from training.step import TrainState, make_eval_step, make_train_step, pair_logps
+
+
+class NonFiniteError(FloatingPointError):
+  """Raised by `config.nonfinite = "halt"` (the update of that step was not applied)."""
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything `train` builds before the first step (also used by tests and the benchmark)."""
+
+  config: object
+  mesh: jax.sharding.Mesh
+  algorithm: algorithms.Algorithm
+  graphdef: object
+  state: TrainState
+  state_sharding: object
+  ref_params: object  # frozen reference params, or None (precomputed / not needed)
+  tokenizer: object
+  train_source: object
+  train_batches: object  # data.PreferenceBatcher
+  eval_source: object
+  schedule: object
+  optimizer: object
+
+
+def model_config(config) -> models.ModelConfig:
+  """The model shape: from the checkpoint when `init_from` is set, else from the config."""
+  m = config.model
+  precision = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+  if m.init_from:
+    return models.load_hf_config(m.init_from, **precision)
+  fields = {f.name for f in dataclasses.fields(models.ModelConfig)}
+  return models.ModelConfig(**{k: v for k, v in m.to_dict().items() if k in fields})
+
+
+def init_params(config, mesh):
+  """(graphdef, params) with params created directly in their shardings on the mesh."""
+  mcfg = model_config(config)
+  if config.model.init_from:
+    model = models.from_hf(config.model.init_from, dtype=mcfg.dtype,
+                           param_dtype=mcfg.param_dtype, remat=mcfg.remat)
+    graphdef, state = nnx.split(model, nnx.Param)
+    specs = models.param_partition_specs(state, mesh)
+    params = jax.device_put(nnx.to_pure_dict(state), _shardings(mesh, specs))
+    return graphdef, params
+
+  def create():
+    return models.Transformer(mcfg, rngs=nnx.Rngs(params=config.seed))
+
+  graphdef, abstract_state = nnx.split(nnx.eval_shape(create), nnx.Param)
+  specs = models.param_partition_specs(abstract_state, mesh)
+  params = jax.jit(lambda: nnx.to_pure_dict(nnx.split(create(), nnx.Param)[1]),
+                   out_shardings=_shardings(mesh, specs))()
+  return graphdef, params
+
+
+def _shardings(mesh, specs):
+  return jax.tree.map(lambda spec: jax.sharding.NamedSharding(mesh, spec), specs,
+                      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
+def _length_limits(config) -> dict:
+  d = config.data
+  return dict(max_prompt_len=d.max_prompt_len, max_completion_len=d.max_completion_len,
+              buckets=tuple(d.buckets), process_index=jax.process_index(),
+              process_count=jax.process_count())
+
+
+def make_batcher(config, tokenizer, source) -> pipeline.PreferenceBatcher:
+  """Shuffled training batches; batch `s` depends on (seed, s) only."""
+  return pipeline.PreferenceBatcher(source, tokenizer, batch_size=config.batch_size,
+                                    seed=config.seed, **_length_limits(config))
+
+
+def make_eval_batches(config, tokenizer, source) -> pipeline.EvalBatches:
+  """Every example of `source` once, in order, with `weight` 0 on filler rows."""
+  return pipeline.eval_batches(source, tokenizer, batch_size=config.eval_batch_size,
+                               **_length_limits(config))
+
+
+def load_sources(config, workdir):
+  """(train, eval) random-access sources; process 0 prepares the TFDS cache first."""
+  d = config.data
+  data_dir = d.data_dir or os.path.join(workdir, "tfds")
+  kwargs = {} if d.path else dict(num_train=d.synthetic_train_size,
+                                  num_test=d.synthetic_test_size, seed=config.seed)
+
+  def load():
+    return tuple(tfds_builders.load_preference_source(d.path, split, data_dir, **kwargs)
+                 for split in (d.train_split, d.eval_split))
+
+  if jax.process_count() == 1:
+    return load()
+  if jax.process_index() == 0:
+    load()
+  multihost_utils.sync_global_devices("tfds prepared")
+  return load()
+
+
+def build(config, workdir: str) -> Experiment:
+  """Validates the config, then builds mesh, data, model, reference and optimizer state."""
+  config_check.validate(config)
+  algorithm = algorithms.get_algorithm(config.loss.name)
+  mesh = make_mesh(config.mesh)
+  tokenizer = load_tokenizer(config.data.tokenizer)
+  if tokenizer.vocab_size > model_config(config).vocab_size:
+    raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary "
+                     f"is {model_config(config).vocab_size} (config.model.vocab_size)")
+  train_source, eval_source = load_sources(config, workdir)
+  batcher = make_batcher(config, tokenizer, train_source)
+
+  graphdef, params = init_params(config, mesh)
+  ref_params = None
+  if algorithm.requirements.reference:
+    # A copy, not an alias: the train step donates the policy params.
+    ref_params = jax.tree.map(jnp.copy, params)
+  schedule = learning_rate_schedule(config.optimizer, config.total_steps)
+  optimizer = make_optimizer(config.optimizer, config.total_steps)
+  param_sharding = jax.tree.map(lambda x: x.sharding, params)
+  opt_sharding = _like_params(jax.eval_shape(optimizer.init, params), param_sharding, mesh)
+  opt_state = jax.jit(optimizer.init, out_shardings=opt_sharding)(params)
+  scalar = replicated(mesh)
+  state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), scalar), params=params,
+                     opt_state=opt_state,
+                     skipped_steps=jax.device_put(jnp.zeros((), jnp.int32), scalar))
+  state_sharding = jax.tree.map(lambda x: x.sharding, state)
+  return Experiment(config, mesh, algorithm, graphdef, state, state_sharding, ref_params,
+                    tokenizer, train_source, batcher, eval_source, schedule, optimizer)
+
+
+def make_train_step_for(exp: Experiment):
+  """The experiment's (unjitted) train step."""
+  return make_train_step(exp.graphdef, exp.algorithm, exp.config.loss, exp.optimizer,
+                         exp.schedule, grad_accum_steps=exp.config.grad_accum_steps)
+
+
+def _like_params(tree, param_sharding, mesh):
+  """Shardings for an optimizer state: a leaf that mirrors a parameter (Adam's mu and nu
+  hold a copy of the params tree) is sharded like it; anything else is replicated."""
+  by_path = {path: sharding for path, sharding in
+             jax.tree_util.tree_flatten_with_path(param_sharding)[0]}
+
+  def pick(path, leaf):
+    if leaf.ndim:
+      for start in range(len(path)):
+        sharding = by_path.get(tuple(path[start:]))
+        if sharding is not None:
+          return sharding
+    return replicated(mesh)
+
+  return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def _reference_cache(exp: Experiment, workdir: str) -> tuple[ReferenceCache, ReferenceCache]:
+  """Computes (or loads) the reference log-probs of the train and eval splits."""
+  config = exp.config
+  key = fingerprint({"data": config.data.to_dict(), "model": config.model.to_dict(),
+                     "seed": config.seed, "process": jax.process_index(),
+                     "source": [len(exp.train_source), len(exp.eval_source)]})
+  logps_fn = jax.jit(lambda p, b: pair_logps(exp.graphdef, p, b))
+  caches = []
+  for split, source in (("train", exp.train_source), ("eval", exp.eval_source)):
+    path = os.path.join(workdir, "reference_cache", f"{split}-{key}.npz")
+    if os.path.exists(path):
+      caches.append(ReferenceCache.load(path))
+      continue
+    logging.info("precomputing reference log-probs for the %s split -> %s", split, path)
+    cache = ReferenceCache.compute(
+        lambda b: logps_fn(exp.ref_params, put_batch(b, exp.mesh)),
+        make_eval_batches(config, exp.tokenizer, source))
+    cache.save(path)
+    caches.append(cache)
+  return caches[0], caches[1]
+
+
+def evaluate(exp: Experiment, eval_fn, params, ref_params, ref_cache=None) -> dict:
+  """Exact averages of the loss metrics over the whole eval split."""
+  totals, weight = None, 0.0
+  for batch in make_eval_batches(exp.config, exp.tokenizer, exp.eval_source):
+    if ref_cache is not None:
+      batch = ref_cache.attach(batch)
+    sums, w = jax.device_get(eval_fn(params, ref_params, put_batch(batch, exp.mesh)))
+    totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+    weight += float(w)
+  return {f"eval/{k}": float(v) / weight for k, v in totals.items()}
+
+
+class _StopRequest:
+  """SIGTERM/SIGINT ask the loop to checkpoint at the next step boundary and exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("received signal %d: checkpointing at the next step boundary", signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _tokens(batch) -> int:
+  return int(np.sum(batch["chosen_attention_mask"]) + np.sum(batch["rejected_attention_mask"]))
+
+
+def train(config, workdir: str, *, stop_at: int | None = None) -> dict:
+  """Runs (or resumes) training; returns a summary with the first and last eval metrics.
+
+  `stop_at` ends this run after that step with a checkpoint, as a preemption would (for
+  time-sliced jobs and resume tests); a later call with the same workdir continues.
+  """
+  exp = build(config, workdir)
+  mesh, state = exp.mesh, exp.state
+  ref_params = exp.ref_params
+  train_cache = eval_cache = None
+  if exp.algorithm.requirements.reference and config.reference.mode == "precomputed":
+    train_cache, eval_cache = _reference_cache(exp, workdir)
+    ref_params = None  # the step never sees the reference weights
+  exp.ref_params = None
+
+  ref_sharding = None if ref_params is None else jax.tree.map(lambda x: x.sharding, ref_params)
+  train_step = jax.jit(make_train_step_for(exp),
+                       in_shardings=(exp.state_sharding, ref_sharding, batch_sharding(mesh)),
+                       out_shardings=(exp.state_sharding, replicated(mesh)), donate_argnums=(0,))
+  eval_fn = jax.jit(make_eval_step(exp.graphdef, exp.algorithm, config.loss))
+
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                              keep=config.keep_checkpoints, save_every=config.checkpoint_every)
+  if checkpointer.latest_step() is not None:
+    state = checkpointer.restore(state)
+    logging.info("resumed from step %d", int(state.step))
+  start = int(state.step)
+  writer = MetricsWriter(workdir, total_steps=config.total_steps, start_step=start,
+                         progress_bar=config.progress_bar)
+  summary = {"start_step": start}
+  if start == 0:
+    writer.write(0, evaluate(exp, eval_fn, state.params, ref_params, eval_cache))
+
+  step, metrics = start, {}
+  with _StopRequest() as stop:
+    last = config.total_steps if stop_at is None else min(stop_at, config.total_steps)
+    while step < last and not stop.requested:
+      batch = exp.train_batches.batch(step)
+      if train_cache is not None:
+        batch = train_cache.attach(batch)
+      state, metrics = train_step(state, ref_params, put_batch(batch, mesh))
+      step += 1
+      rates = writer.advance(step, _tokens(batch) * jax.process_count())
+      if config.nonfinite == "halt" and float(metrics["nonfinite"]):
+        raise NonFiniteError(
+            f"non-finite loss or gradient at step {step} (batch {step - 1}, example ids "
+            f"{batch['example_id'].tolist()}): loss={float(metrics['loss'])}, "
+            f"grad_norm={float(metrics['grad_norm'])}; the update was not applied")
+      logged = {}
+      if step % config.log_every == 0 or step == config.total_steps:
+        logged.update(jax.device_get(metrics), skipped_steps=int(state.skipped_steps), **rates)
+      if (config.eval_every and step % config.eval_every == 0) or step == config.total_steps:
+        logged.update(evaluate(exp, eval_fn, state.params, ref_params, eval_cache))
+      if logged:
+        writer.write(step, logged)
+      checkpointer.maybe_save(step, state, force=stop.requested)
+  checkpointer.maybe_save(step, state, force=True)
+  checkpointer.close()
+  writer.close()
+
+  summary.update(final_step=step, stopped_early=step < config.total_steps,
+                 final_metrics={k: float(np.asarray(v)) for k, v in metrics.items()},
+                 skipped_steps=int(state.skipped_steps))
+  if step == config.total_steps and jax.process_index() == 0:
+    evals = [r for r in read_metrics(workdir) if "eval/loss" in r]
+    if evals:
+      summary["first_eval"] = {k: v for k, v in evals[0].items() if k.startswith("eval/")}
+      summary["final_eval"] = {k: v for k, v in evals[-1].items() if k.startswith("eval/")}
+    summary["plot"] = plot_curves(workdir)
+  summary["state"] = state
+  return summary

@@ -1,0 +1,142 @@
+"""The one train step, shared by every algorithm, and the eval step.
+
+`train_step(state, ref_params, batch) -> (state, metrics)` is a pure function, jitted once
+with explicit shardings over the mesh (pjit semantics):
+
+  1. chosen and rejected run through the policy in ONE forward pass ([2B, T]);
+  2. the reference log-probs come from the batch when precomputed, or from a forward pass of
+     the frozen `ref_params` (no gradient) when the algorithm needs them in-step;
+  3. the algorithm's loss (a pure function of `LossInputs`) is differentiated;
+  4. with `grad_accum_steps = k` the batch is split into k micro-batches scanned in sequence,
+     and their gradients are averaged (equal to one batch k times larger for pair-mean losses);
+  5. a non-finite loss or gradient norm leaves params and optimizer state untouched and is
+     counted in `state.skipped_steps` (the loop halts on it when `config.nonfinite = "halt"`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from algorithms import Algorithm, LossInputs
+from training.logprobs import token_logps
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # [] int32, number of optimizer updates applied
+  params: PyTree  # nested dict of arrays (nnx.to_pure_dict of the model's params)
+  opt_state: PyTree
+  skipped_steps: jax.Array  # [] int32, updates skipped for non-finite loss or gradients
+
+
+def pair_logps(graphdef, params, batch, *, chunk_size: int = 0):
+  """Policy log-probs for chosen and rejected in one forward: two [B, T] arrays."""
+  model = nnx.merge(graphdef, params)
+  ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], axis=0)  # [2B, T]
+  mask = jnp.concatenate(
+      [batch["chosen_attention_mask"], batch["rejected_attention_mask"]], axis=0)
+  logps = token_logps(model, ids, mask, chunk_size=chunk_size)  # [2B, T]
+  num_pairs = batch["chosen_ids"].shape[0]
+  return logps[:num_pairs], logps[num_pairs:]
+
+
+def loss_inputs(graphdef, params, ref_params, batch, algorithm: Algorithm, *,
+                chunk_size: int = 0) -> LossInputs:
+  """Runs exactly the forward passes `algorithm` asks for and packs their results."""
+  policy_chosen, policy_rejected = pair_logps(graphdef, params, batch, chunk_size=chunk_size)
+  ref_chosen = ref_rejected = None
+  if algorithm.requirements.reference:
+    if "ref_chosen_logps" in batch:
+      ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+    else:
+      ref_chosen, ref_rejected = jax.lax.stop_gradient(
+          pair_logps(graphdef, ref_params, batch, chunk_size=chunk_size))
+  return LossInputs(
+      policy_chosen_logps=policy_chosen,
+      policy_rejected_logps=policy_rejected,
+      chosen_mask=batch["chosen_loss_mask"],
+      rejected_mask=batch["rejected_loss_mask"],
+      ref_chosen_logps=ref_chosen,
+      ref_rejected_logps=ref_rejected,
+      pair_weights=batch.get("weight"),
+  )
+
+
+def _tree_where(pred, on_true, on_false):
+  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def make_train_step(graphdef, algorithm: Algorithm, loss_cfg, optimizer, schedule, *,
+                    grad_accum_steps: int = 1, chunk_size: int = 0):
+  """Returns the (unjitted) train step; `training.loop` jits it with shardings."""
+
+  def loss_and_metrics(params, ref_params, batch):
+    inputs = loss_inputs(graphdef, params, ref_params, batch, algorithm, chunk_size=chunk_size)
+    return algorithm.loss_fn(inputs, loss_cfg)
+
+  grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
+
+  def accumulated_grads(params, ref_params, batch):
+    if grad_accum_steps == 1:
+      return grad_fn(params, ref_params, batch)
+
+    # Micro-batch k holds pairs k, k + K, k + 2K, ...: a reshape that keeps every device's
+    # rows on that device, so splitting needs no communication.
+    def split(x):
+      x = x.reshape((x.shape[0] // grad_accum_steps, grad_accum_steps) + x.shape[1:])
+      return jnp.swapaxes(x, 0, 1)
+
+    micro_batches = jax.tree.map(split, batch)
+
+    def accumulate(carry, micro):
+      (loss, metrics), grads = grad_fn(params, ref_params, micro)
+      return jax.tree.map(jnp.add, carry, ((loss, metrics), grads)), None
+
+    first = jax.tree.map(lambda x: x[0], micro_batches)
+    rest = jax.tree.map(lambda x: x[1:], micro_batches)
+    total, _ = jax.lax.scan(accumulate, grad_fn(params, ref_params, first), rest)
+    return jax.tree.map(lambda x: x / grad_accum_steps, total)
+
+  def train_step(state: TrainState, ref_params, batch):
+    (loss, metrics), grads = accumulated_grads(state.params, ref_params, batch)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=_tree_where(finite, params, state.params),
+        opt_state=_tree_where(finite, opt_state, state.opt_state),
+        skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
+    )
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
+                   learning_rate=schedule(state.step), nonfinite=(~finite).astype(jnp.float32))
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(graphdef, algorithm: Algorithm, loss_cfg, *, chunk_size: int = 0):
+  """Returns `eval_step(params, ref_params, batch) -> (weighted metric sums, weight sum)`.
+
+  Summing both over batches and dividing gives exact split averages even when the last
+  batch is padded with filler pairs of weight 0.
+  """
+
+  def eval_step(params, ref_params, batch):
+    inputs = loss_inputs(graphdef, params, ref_params, batch, algorithm, chunk_size=chunk_size)
+    loss, metrics = algorithm.loss_fn(inputs, loss_cfg)
+    weight = jnp.sum(batch["weight"]) if "weight" in batch else jnp.float32(
+        batch["chosen_ids"].shape[0])
+    sums = {k: v * weight for k, v in dict(metrics, loss=loss).items()}
+    return sums, weight
+
+  return eval_step
