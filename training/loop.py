@@ -255,6 +255,10 @@ def train(config, workdir: str, *, stop_at: int | None = None) -> dict:
   `stop_at` ends this run after that step with a checkpoint, as a preemption would (for
   time-sliced jobs and resume tests); a later call with the same workdir continues.
   """
+  if config.reference.mode == "precomputed" and jax.process_count() > 1:
+    # The cache is keyed by example id but each process only sees its slice of each batch.
+    raise ValueError("config.reference.mode='precomputed' supports one process for now; use "
+                     "'in_step' on multi-host runs")
   exp = build(config, workdir)
   mesh, state = exp.mesh, exp.state
   ref_params = exp.ref_params
