@@ -63,6 +63,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.buckets = (128, 256, 512, 1024)  # padded sequence lengths (prompt+completion)
   config.data.synthetic_train_size = 4096
   config.data.synthetic_test_size = 256
+  # A pair whose chosen equals rejected teaches nothing: "drop" skips it (counted in the
+  # logs), "error" stops with the file, line and field of the first one.
+  config.data.on_identical_pair = "drop"
+  # A prompt over max_prompt_len: "truncate" keeps its end (the text right before the
+  # answer), "drop" skips the pair (counted in the logs).
+  config.data.on_long_prompt = "truncate"
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.learning_rate = 1e-6
@@ -87,4 +93,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2
   config.nonfinite = "skip"  # "skip" the update of a non-finite step, or "halt"
   config.progress_bar = True
+
+  # Speed knobs (docs/performance.md); none changes the maths. Read by models.ModelConfig
+  # (the three *_impl / blocks fields, random-init runs) and experiments/benchmark.py.
+  config.model.mlp_impl = "custom_vjp"  # "custom_vjp" (models/kernels.py) | "autodiff"
+  config.model.attention_impl = "custom_vjp"  # "custom_vjp" | "autodiff"
+  config.model.attention_query_blocks = 4  # causal query blocks of the custom attention
+  config.model.logp_chunk_size = 0  # >0: lm_head + logsumexp over chunks of positions
+  # "all": lm_head on every position; "completion": only on the completion window, with a
+  # fused backward (training/fused_logprobs.py; experiments/benchmark.py only, for now).
+  config.model.logits_on = "all"
   return config

@@ -28,8 +28,12 @@ with ``pad_id``):
 Tokenization is EAGER: the whole split is tokenized once when a batcher is
 built. That makes ``num_batches_per_epoch`` and the dropped/truncated counts
 exact from the start and keeps ``batch(step)`` cheap and side-effect free.
-Pairs that carry no preference signal after truncation (chosen and rejected
-tokens identical, or a side with no scored token) are dropped and counted.
+
+Pairs are dropped, and counted in ``SplitStats``, when they carry no
+preference signal: chosen and rejected identical as given
+(``on_identical_pair="drop"``; ``"error"`` raises ``DataError`` instead), or
+identical / unscored after truncation. ``on_long_prompt="drop"`` drops pairs
+whose prompt exceeds ``max_prompt_len`` instead of truncating it.
 """
 
 from __future__ import annotations
@@ -41,9 +45,14 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from data.errors import DataError, locate
 from data.tokenizer import Tokenizer
 
 _CHUNK = 1024  # records tokenized per encode_batch call
+# What to do with a pair whose chosen and rejected are identical, and with a
+# prompt over max_prompt_len (config.data.on_identical_pair / on_long_prompt).
+IDENTICAL_PAIR_MODES = ("drop", "error")
+LONG_PROMPT_MODES = ("truncate", "drop")
 
 
 @dataclasses.dataclass
@@ -52,9 +61,19 @@ class SplitStats:
 
   total: int = 0
   kept: int = 0
-  dropped: int = 0               # no preference signal left after truncation
+  dropped: int = 0               # all dropped pairs: the two below + no signal after truncation
+  dropped_identical: int = 0     # chosen == rejected as given (on_identical_pair="drop")
+  dropped_long_prompt: int = 0   # prompt over max_prompt_len (on_long_prompt="drop")
   truncated_prompt: int = 0      # prompt lost tokens on the left
   truncated_completion: int = 0  # chosen or rejected lost tokens on the right
+
+  def summary(self) -> str:
+    """One line for the logs, e.g. '100 pairs: 97 kept, 3 dropped (2 identical, ...)'."""
+    after = self.dropped - self.dropped_identical - self.dropped_long_prompt
+    return (f"{self.total} pairs: {self.kept} kept, {self.dropped} dropped "
+            f"({self.dropped_identical} chosen == rejected, {self.dropped_long_prompt} prompt "
+            f"over max_prompt_len, {after} no signal after truncation); truncated: "
+            f"{self.truncated_prompt} prompts, {self.truncated_completion} completions")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,22 +91,40 @@ def _encode_many(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
   return batch(texts) if batch is not None else [tokenizer.encode(t) for t in texts]
 
 
+def _check_mode(value: str, modes: Sequence[str], name: str) -> str:
+  if value not in modes:
+    raise ValueError(f"{name} must be one of {list(modes)}, got {value!r}")
+  return value
+
+
+def _where(source, name: str, index: int, field: str) -> str:
+  """Error location of record ``index``: the source's own locator (file and line) if any."""
+  find = getattr(source, "locate", None)
+  return find(index, field) if callable(find) else locate(name, record=index, field=field)
+
+
 class TokenizedPairs(Sequence[TokenizedPair]):
   """A whole split, tokenized and truncated eagerly; kept pairs only.
 
   ``source`` is any sequence (or iterable) of dicts with str ``prompt``,
   ``chosen``, ``rejected`` and optionally an int ``example_id`` (defaults
-  to the record's index).
+  to the record's index). ``source_name`` (default: ``source.name`` if it has
+  one) names it in errors; a source with a ``locate(index, field)`` method
+  (``data.tfds_builders.PreferenceSource``) is asked for the file and line.
   """
 
   def __init__(self, source, tokenizer: Tokenizer, *, max_prompt_len: int,
-               max_completion_len: int):
+               max_completion_len: int, on_identical_pair: str = "drop",
+               on_long_prompt: str = "truncate", source_name: str | None = None):
     bos = tokenizer.bos_id
     prefix = [] if bos is None else [int(bos)]
     if max_prompt_len < len(prefix) or max_completion_len < 1:
       raise ValueError(
           f"need max_prompt_len >= {len(prefix)} (room for bos) and "
           f"max_completion_len >= 1, got {max_prompt_len}, {max_completion_len}")
+    _check_mode(on_identical_pair, IDENTICAL_PAIR_MODES, "on_identical_pair")
+    _check_mode(on_long_prompt, LONG_PROMPT_MODES, "on_long_prompt")
+    self.source_name = source_name or str(getattr(source, "name", "") or "input records")
     self.max_prompt_len = max_prompt_len
     self.max_completion_len = max_completion_len
     prompt_budget = max_prompt_len - len(prefix)
@@ -105,7 +142,22 @@ class TokenizedPairs(Sequence[TokenizedPair]):
         example_id = int(rec.get("example_id", index))
         index += 1
         stats.total += 1
+        # Compared as tokens: equal texts always match, and so do texts the
+        # tokenizer's normalizer maps to the same ids (equally signal-free).
+        if list(c) == list(r):
+          if on_identical_pair == "error":
+            raise DataError(
+                f"{_where(source, self.source_name, index - 1, 'rejected')}: identical to "
+                f"'chosen', so the pair carries no preference; fix the record or set "
+                f"config.data.on_identical_pair='drop' to skip such pairs")
+          stats.dropped_identical += 1
+          stats.dropped += 1
+          continue
         if len(p) > prompt_budget:
+          if on_long_prompt == "drop":
+            stats.dropped_long_prompt += 1
+            stats.dropped += 1
+            continue
           stats.truncated_prompt += 1
           p = p[len(p) - prompt_budget:]  # keep the end
         c, r = list(c) + eos, list(r) + eos
@@ -251,18 +303,24 @@ class PreferenceBatcher:
   ``drop_remainder=False`` keeps every example: the last batch of an epoch
   is completed with examples from the start of the same epoch's order (so
   shapes stay static; those few examples are seen twice that epoch).
+  ``on_identical_pair``, ``on_long_prompt`` and ``source_name`` go to
+  ``TokenizedPairs``.
   """
 
   def __init__(self, source, tokenizer: Tokenizer, *, batch_size: int, seed: int,
                max_prompt_len: int, max_completion_len: int, buckets: Sequence[int],
                shuffle: bool = True, drop_remainder: bool = True,
-               process_index: int = 0, process_count: int = 1):
+               process_index: int = 0, process_count: int = 1,
+               on_identical_pair: str = "drop", on_long_prompt: str = "truncate",
+               source_name: str | None = None):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     self._local = _local_slice(batch_size, process_index, process_count)
     self.buckets = check_buckets(buckets, max_prompt_len + max_completion_len)
     self.pairs = TokenizedPairs(source, tokenizer, max_prompt_len=max_prompt_len,
-                                max_completion_len=max_completion_len)
+                                max_completion_len=max_completion_len,
+                                on_identical_pair=on_identical_pair,
+                                on_long_prompt=on_long_prompt, source_name=source_name)
     self.batch_size = batch_size
     self.local_batch_size = batch_size // process_count
     self.seed = int(seed)
@@ -270,8 +328,8 @@ class PreferenceBatcher:
     self.drop_remainder = drop_remainder
     n = len(self.pairs)
     if n == 0 or (drop_remainder and n < batch_size):
-      raise ValueError(f"only {n} usable pairs ({self.stats}), fewer than "
-                       f"batch_size {batch_size}")
+      raise DataError(f"{self.pairs.source_name}: only {n} usable pairs, fewer than "
+                      f"batch_size {batch_size} ({self.stats.summary()})")
     self.num_batches_per_epoch = (n // batch_size if drop_remainder
                                   else math.ceil(n / batch_size))
     self._perm_cache: dict[int, np.ndarray] = {}
@@ -319,16 +377,21 @@ class EvalBatches:
 
   def __init__(self, source, tokenizer: Tokenizer, *, batch_size: int,
                max_prompt_len: int, max_completion_len: int, buckets: Sequence[int],
-               process_index: int = 0, process_count: int = 1):
+               process_index: int = 0, process_count: int = 1,
+               on_identical_pair: str = "drop", on_long_prompt: str = "truncate",
+               source_name: str | None = None):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     self._local = _local_slice(batch_size, process_index, process_count)
     self.buckets = check_buckets(buckets, max_prompt_len + max_completion_len)
     self.pairs = TokenizedPairs(source, tokenizer, max_prompt_len=max_prompt_len,
-                                max_completion_len=max_completion_len)
+                                max_completion_len=max_completion_len,
+                                on_identical_pair=on_identical_pair,
+                                on_long_prompt=on_long_prompt, source_name=source_name)
     self.batch_size = batch_size
     if len(self.pairs) == 0:
-      raise ValueError(f"no usable pairs to evaluate ({self.stats})")
+      raise DataError(f"{self.pairs.source_name}: no usable pairs to evaluate "
+                      f"({self.stats.summary()})")
 
   @property
   def stats(self) -> SplitStats:
@@ -352,9 +415,12 @@ class EvalBatches:
 
 def eval_batches(source, tokenizer: Tokenizer, *, batch_size: int, max_prompt_len: int,
                  max_completion_len: int, buckets: Sequence[int], process_index: int = 0,
-                 process_count: int = 1) -> EvalBatches:
+                 process_count: int = 1, on_identical_pair: str = "drop",
+                 on_long_prompt: str = "truncate",
+                 source_name: str | None = None) -> EvalBatches:
   """In-order eval batches over ``source`` with a ``weight`` array; see ``EvalBatches``."""
   return EvalBatches(source, tokenizer, batch_size=batch_size,
                      max_prompt_len=max_prompt_len, max_completion_len=max_completion_len,
                      buckets=buckets, process_index=process_index,
-                     process_count=process_count)
+                     process_count=process_count, on_identical_pair=on_identical_pair,
+                     on_long_prompt=on_long_prompt, source_name=source_name)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Iterator, Sequence
 
 from data.errors import DataError, locate
 
@@ -226,8 +227,73 @@ def normalize_record(record, *, file: str, line: int | None = None,
 # Reading files
 
 
-def _read_jsonl(file: str) -> list[dict]:
-  out = []
+def _loads(text: str, file: str, line: int | None) -> object:
+  """``json.loads`` whose every failure is a DataError naming the file (and line)."""
+  where = file if line is None else f"{file}:{line}"
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    # Several objects in a .json file: the usual cause is JSON Lines misnamed.
+    hint = (" (JSON Lines? name the file .jsonl)"
+            if e.msg == "Extra data" and line is None else "")
+    row = e.lineno if line is None else line
+    raise DataError(f"{file}:{row}: invalid JSON: {e.msg} (column {e.colno}){hint}") from None
+  except RecursionError:  # the C scanner recurses once per nesting level
+    raise DataError(f"{where}: invalid JSON: nested too deeply") from None
+  except ValueError as e:  # e.g. an integer literal over Python's 4300-digit limit
+    raise DataError(f"{where}: invalid JSON: {str(e).split(';')[0]}") from None
+
+
+def _has_escaped_bytes(value) -> bool:
+  """True for a str holding bytes that 'surrogateescape' decoding stood in for."""
+  return isinstance(value, str) and any("\udc80" <= ch <= "\udcff" for ch in value)
+
+
+def _undecodable_field(record) -> str | None:
+  """The first field of a 'surrogateescape'-parsed record that holds undecodable bytes.
+
+  Walks only the layout records use (fields, then messages' role / content), so
+  a hostile, deeply nested value costs nothing; None when no such field exists.
+  """
+  if not isinstance(record, dict):
+    return None
+  for field in _FIELDS:
+    value = record.get(field)
+    if _has_escaped_bytes(value):
+      return field
+    for i, msg in enumerate(value if isinstance(value, list) else ()):
+      for key in ("role", "content"):
+        if isinstance(msg, dict) and _has_escaped_bytes(msg.get(key)):
+          return f"{field}[{i}].{key}"
+  return None
+
+
+def _utf8_error(raw: bytes, e: UnicodeDecodeError, file: str, line: int, what: str,
+                index: int | None = None) -> DataError:
+  """A DataError for undecodable bytes that names the record and field when the JSON
+  still parses (``index``: the record index a JSON Lines line would have)."""
+  try:
+    parsed = json.loads(raw.decode("utf-8", errors="surrogateescape"))
+  except (ValueError, RecursionError):
+    parsed = None
+  field = None
+  if isinstance(parsed, dict):
+    field = _undecodable_field(parsed)
+  elif isinstance(parsed, list) and what == "file":  # a .json list of records
+    for i, record in enumerate(parsed):
+      field = _undecodable_field(record)
+      if field is not None:
+        index = i
+        break
+  if field is None:
+    index = None  # the bytes broke the JSON itself: only the line is known
+  return DataError(f"{locate(file, line=line, record=index, field=field)}: not valid "
+                   f"UTF-8 (byte {e.start} of the {what})")
+
+
+def _jsonl_lines(file: str) -> Iterator[tuple[int, str]]:
+  """(1-based line number, text) of each non-blank line; DataError on bad UTF-8."""
+  records = 0
   with open(file, "rb") as f:
     for lineno, raw in enumerate(f, start=1):
       if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # UTF-8 BOM
@@ -235,33 +301,31 @@ def _read_jsonl(file: str) -> list[dict]:
       try:
         text = raw.decode("utf-8")
       except UnicodeDecodeError as e:
-        raise DataError(f"{file}:{lineno}: not valid UTF-8 (byte {e.start} "
-                        f"of the line)") from None
-      if not text.strip():
-        continue  # blank lines are harmless, e.g. a trailing newline
-      try:
-        record = json.loads(text)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{file}:{lineno}: invalid JSON: {e.msg} "
-                        f"(column {e.colno})") from None
-      out.append(normalize_record(record, file=file, line=lineno, index=len(out)))
+        raise _utf8_error(raw, e, file, lineno, "line", index=records) from None
+      if text.strip():  # blank lines are harmless, e.g. a trailing newline
+        records += 1
+        yield lineno, text
+
+
+def _read_jsonl(file: str) -> list[dict]:
+  out = []
+  for lineno, text in _jsonl_lines(file):
+    record = _loads(text, file, lineno)
+    out.append(normalize_record(record, file=file, line=lineno, index=len(out)))
   return out
 
 
 def _read_json(file: str) -> list[dict]:
   with open(file, "rb") as f:
     raw = f.read()
+  if raw.startswith(b"\xef\xbb\xbf"):  # UTF-8 BOM
+    raw = raw[3:]
   try:
-    text = raw.decode("utf-8-sig")
+    text = raw.decode("utf-8")
   except UnicodeDecodeError as e:
     line = raw[:e.start].count(b"\n") + 1
-    raise DataError(f"{file}:{line}: not valid UTF-8") from None
-  try:
-    records = json.loads(text)
-  except json.JSONDecodeError as e:
-    hint = " (JSON Lines? name the file .jsonl)" if e.msg == "Extra data" else ""
-    raise DataError(f"{file}:{e.lineno}: invalid JSON: {e.msg} "
-                    f"(column {e.colno}){hint}") from None
+    raise _utf8_error(raw, e, file, line, "file") from None
+  records = _loads(text, file, None)
   if not isinstance(records, list):
     raise DataError(f"{file}: expected a JSON list of records, got "
                     f"{type(records).__name__}")
@@ -274,7 +338,9 @@ def _read_parquet(file: str) -> list[dict]:
 
   try:
     rows = pq.read_table(file).to_pylist()
-  except (pa.ArrowException, OSError) as e:
+  # ValueError / OverflowError: a column pyarrow reads but cannot turn into
+  # Python objects (e.g. a timestamp outside datetime's range).
+  except (pa.ArrowException, OSError, ValueError, OverflowError) as e:
     raise DataError(f"{file}: cannot read Parquet: {e}") from None
   return [normalize_record(r, file=file, index=i) for i, r in enumerate(rows)]
 
@@ -288,12 +354,46 @@ def read_file(file: str) -> list[dict]:
   if kind is None:
     raise DataError(f"{file}: unsupported file type; expected one of "
                     f"{', '.join(EXTENSIONS)}")
-  return _READERS[kind](file)
+  try:
+    return _READERS[kind](file)
+  except OSError as e:  # unreadable (permissions, a directory named like a file, I/O)
+    raise DataError(f"{file}: cannot read: {e.strerror or e}") from None
+
+
+def read_files(files: Sequence[str]) -> list[dict]:
+  """The records of one split's files, in order; a split without records is refused."""
+  records: list[dict] = []
+  for file in files:
+    records.extend(read_file(file))
+  if not records:
+    raise DataError(f"{', '.join(files)}: no records (only blank lines or an empty "
+                    f"list); a split needs at least one preference pair")
+  return records
 
 
 def read_preferences(path: str, split: str) -> list[dict]:
   """Records of ``split`` under ``path`` as dicts of prompt/chosen/rejected strings."""
-  records: list[dict] = []
-  for file in split_files(path, split):
-    records.extend(read_file(file))
-  return records
+  return read_files(split_files(path, split))
+
+
+def locate_record(files: Sequence[str], index: int, field: str | None = None) -> str:
+  """Where record ``index`` of a split read from ``files`` comes from (errors.locate form).
+
+  For error messages about a record found bad after reading (e.g. chosen equal
+  to rejected): re-counts the records of each file, so it costs a pass over the
+  files but only runs when there is something to report.
+  """
+  offset = index
+  for file in files:
+    kind = EXTENSIONS.get(os.path.splitext(file)[1])
+    if kind == "jsonl":
+      lines = [n for n, _ in _jsonl_lines(file)]  # it read cleanly: one record per line
+      if offset < len(lines):
+        return locate(file, line=lines[offset], record=offset, field=field)
+      offset -= len(lines)
+    else:
+      count = len(read_file(file))
+      if offset < count:
+        return locate(file, record=offset, field=field)
+      offset -= count
+  return locate(", ".join(files), record=index, field=field)

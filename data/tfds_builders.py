@@ -36,7 +36,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from data import readers, synthetic
-from data.errors import DataError
+from data.errors import DataError, locate
 
 _FILE_FORMAT = "array_record"
 _TEXT_FIELDS = ("prompt", "chosen", "rejected")
@@ -195,10 +195,7 @@ class LocalPreferences(_PreferenceBuilder, skip_registration=True):
     return {s: self._generate_examples(cfg.files[s]) for s in cfg.splits}
 
   def _generate_examples(self, files: Sequence[str]):
-    records: list[dict] = []
-    for file in files:
-      records.extend(readers.read_file(file))
-    return _examples(records)
+    return _examples(readers.read_files(files))
 
 
 # --------------------------------------------------------------------------
@@ -209,11 +206,22 @@ class PreferenceSource(Sequence[dict]):
   """Random access to a prepared split as dicts of python str / int.
 
   Wraps TFDS's ``ArrayRecordDataSource``, which yields Text features as
-  UTF-8 bytes and ints as numpy scalars.
+  UTF-8 bytes and ints as numpy scalars. ``name`` says where the split came
+  from and ``files`` lists the local files it was read from (empty for the
+  synthetic task), so errors found later can point back at a record.
   """
 
-  def __init__(self, data_source):
+  def __init__(self, data_source, *, name: str = "preference source",
+               files: Sequence[str] = ()):
     self._ds = data_source
+    self.name = name
+    self.files = tuple(files)
+
+  def locate(self, index: int, field: str | None = None) -> str:
+    """Where example ``index`` came from: its file and line / record when local."""
+    if self.files:
+      return readers.locate_record(self.files, index, field)
+    return locate(self.name, record=index, field=field)
 
   @staticmethod
   def _convert(rec: dict) -> dict:
@@ -303,4 +311,6 @@ def load_preference_source(path: str, split: str, data_dir: str,
   if split not in builder.info.splits:
     raise DataError(f"{path or 'synthetic'}: no {split!r} split; have "
                             f"{sorted(builder.info.splits)}")
-  return PreferenceSource(builder.as_data_source(split=split))
+  files = builder.builder_config.files.get(split, ()) if path else ()
+  return PreferenceSource(builder.as_data_source(split=split),
+                          name=f"{path or 'synthetic task'} (split {split!r})", files=files)

@@ -22,6 +22,9 @@ import jax.numpy as jnp
 
 ARCHITECTURES = ('llama', 'qwen2', 'mistral')
 REMAT_MODES = ('none', 'block')
+# How the MLP and attention are differentiated: 'custom_vjp' uses the hand-written backward
+# passes of models/kernels.py (faster on XLA:CPU), 'autodiff' the plain formulas.
+KERNEL_IMPLS = ('custom_vjp', 'autodiff')
 ROPE_SCALING_TYPES = ('llama3',)
 _LLAMA3_KEYS = (
     'factor',
@@ -63,6 +66,10 @@ class ModelConfig:
     param_dtype: storage dtype of the parameters.
     remat: 'none', or 'block' to rematerialise each decoder block in the
       backward pass (saves activation memory).
+    mlp_impl, attention_impl: 'custom_vjp' (models/kernels.py) or
+      'autodiff'; the same maths, only the backward pass differs.
+    attention_query_blocks: causal query blocks of the custom-VJP attention
+      (block i only meets keys before its end; 1 = one full block).
     architecture: 'llama' | 'qwen2' | 'mistral'; only decides the HF class
       written on export (the maths is shared).
     bos_token_id, eos_token_id, pad_token_id: carried through so a
@@ -85,6 +92,9 @@ class ModelConfig:
   dtype: str = 'float32'
   param_dtype: str = 'float32'
   remat: str = 'none'
+  mlp_impl: str = 'custom_vjp'
+  attention_impl: str = 'custom_vjp'
+  attention_query_blocks: int = 4
   architecture: str = 'llama'
   bos_token_id: int | None = None
   eos_token_id: int | tuple[int, ...] | None = None
@@ -139,6 +149,14 @@ class ModelConfig:
       raise ValueError(f'rope_theta must be > 0, got {self.rope_theta}.')
     if self.remat not in REMAT_MODES:
       raise ValueError(f'remat={self.remat!r} not in {REMAT_MODES}.')
+    for name in ('mlp_impl', 'attention_impl'):
+      if getattr(self, name) not in KERNEL_IMPLS:
+        raise ValueError(
+            f'{name}={getattr(self, name)!r} not in {KERNEL_IMPLS}.')
+    if (not isinstance(self.attention_query_blocks, int)
+        or self.attention_query_blocks < 1):
+      raise ValueError('attention_query_blocks must be an int >= 1, got '
+                       f'{self.attention_query_blocks!r}.')
     if self.architecture not in ARCHITECTURES:
       raise ValueError(
           f'architecture={self.architecture!r} not in {ARCHITECTURES}.'

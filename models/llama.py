@@ -34,11 +34,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from models import kernels
 from models.config import ModelConfig
 
-# Finite "minus infinity" for masked attention scores: a fully masked row
-# (e.g. a padding query) then gets a uniform softmax instead of NaN.
-_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 _INIT_STD = 0.02  # HF initializer_range.
 
 
@@ -122,6 +120,8 @@ class Attention(nnx.Module):
     pdt = config.params_dtype
     self.num_kv_heads = k
     self.dtype = config.compute_dtype
+    self.impl = config.attention_impl
+    self.query_blocks = config.attention_query_blocks
     self.q_proj = _param(rngs, (d, n, h), pdt, ('embed', 'heads', 'head_dim'))
     self.k_proj = _param(rngs, (d, k, h), pdt, ('embed', 'kv_heads', 'head_dim'))
     self.v_proj = _param(rngs, (d, k, h), pdt, ('embed', 'kv_heads', 'head_dim'))
@@ -155,13 +155,12 @@ class Attention(nnx.Module):
     # Group query heads by the kv head they share: [B, T, K, G, H]. HF's
     # repeat_kv puts query head n on kv head n // G, which this matches.
     q = q.reshape(b, t, self.num_kv_heads, n // self.num_kv_heads, h)
-    # Scores in float32 for a stable softmax even with bf16 compute.
-    scores = jnp.einsum('btkgh,bskh->bkgts', q, k,
-                        preferred_element_type=jnp.float32)
-    scores = scores * (h ** -0.5)
-    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    out = jnp.einsum('bkgts,bskh->btkgh', probs, v)  # [B, T, K, G, H]
+    # Scores and softmax in float32 (stable even with bf16 compute), masked
+    # with a finite minimum; see models/kernels.py for both variants.
+    if self.impl == 'custom_vjp':
+      out = kernels.attention(q, k, v, mask, self.query_blocks)
+    else:
+      out = kernels.attention_reference(q, k, v, mask)  # [B, T, K, G, H]
     out = out.reshape(b, t, n, h)
     return jnp.einsum('btnh,nhd->btd', out, self.o_proj[...].astype(self.dtype))
 
@@ -173,15 +172,18 @@ class MLP(nnx.Module):
     d, f = config.hidden_size, config.intermediate_size
     pdt = config.params_dtype
     self.dtype = config.compute_dtype
+    self.impl = config.mlp_impl
     self.gate_proj = _param(rngs, (d, f), pdt, ('embed', 'mlp'))
     self.up_proj = _param(rngs, (d, f), pdt, ('embed', 'mlp'))
     self.down_proj = _param(rngs, (f, d), pdt, ('mlp', 'embed'))
 
   def __call__(self, x):  # [B, T, D] -> [B, T, D]
     dt = self.dtype
-    gate = x @ self.gate_proj[...].astype(dt)  # [B, T, F]
-    up = x @ self.up_proj[...].astype(dt)  # [B, T, F]
-    return (jax.nn.silu(gate) * up) @ self.down_proj[...].astype(dt)
+    weights = (self.gate_proj[...].astype(dt), self.up_proj[...].astype(dt),
+               self.down_proj[...].astype(dt))
+    if self.impl == 'custom_vjp':
+      return kernels.swiglu(x, *weights)
+    return kernels.swiglu_reference(x, *weights)
 
 
 class Block(nnx.Module):

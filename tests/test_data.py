@@ -274,7 +274,7 @@ def test_json_and_parquet_errors_name_record(tmp_path):
   msg = _error_for(tmp_path, "lines.json", GOOD_LINE * 2)
   assert "lines.json:2" in msg and ".jsonl" in msg
   msg = _error_for(tmp_path, "enc.json", b'[\n{"prompt": "\xfe"}]')
-  assert "enc.json:2: not valid UTF-8" in msg
+  assert "enc.json:2: record 0: field 'prompt': not valid UTF-8" in msg
   pq.write_table(pa.Table.from_pylist(records), tmp_path / "bad.parquet")
   with pytest.raises(DataError, match=r"bad.parquet: record 1: field 'chosen': empty"):
     readers.read_preferences(str(tmp_path / "bad.parquet"), "train")

@@ -6,6 +6,9 @@ module checks values and the relations between fields (batch vs mesh, lengths vs
 
 from __future__ import annotations
 
+import math
+import os
+
 import jax
 
 import algorithms
@@ -91,6 +94,8 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
   _require(d.max_completion_len > 0,
            f"config.data.max_completion_len must be > 0, got {d.max_completion_len}")
   buckets = tuple(d.buckets)
+  _require(all(isinstance(b, int) and not isinstance(b, bool) for b in buckets),
+           f"config.data.buckets must be integer lengths, got {buckets!r}")
   _require(len(buckets) > 0 and all(b > 0 for b in buckets) and list(buckets) == sorted(buckets),
            f"config.data.buckets must be increasing positive lengths, got {buckets}")
   for field in ("log_every", "eval_batch_size"):
@@ -99,3 +104,83 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
     _require(config[field] >= 0, f"config.{field} must be >= 0, got {config[field]}")
   _require(config.keep_checkpoints >= 1,
            f"config.keep_checkpoints must be >= 1, got {config.keep_checkpoints}")
+
+  # Checks added with docs/reliability.md: everything below would otherwise fail only
+  # after data loading or model init (or with a traceback that names no field).
+  _require(len(set(buckets)) == len(buckets),
+           f"config.data.buckets must be strictly increasing, got {buckets}")
+  longest = d.max_prompt_len + d.max_completion_len
+  _require(buckets[-1] >= longest,
+           f"config.data.buckets: the largest bucket {buckets[-1]} is shorter than "
+           f"max_prompt_len + max_completion_len = {longest}, so a sequence might not fit")
+  _require(config.eval_batch_size % process_count == 0,
+           f"config.eval_batch_size={config.eval_batch_size} must be divisible by the "
+           f"{process_count} processes")
+  for field in ("learning_rate", "end_lr_factor", "weight_decay", "b1", "b2", "eps",
+                "grad_clip_norm"):
+    _require(math.isfinite(opt[field]),
+             f"config.optimizer.{field} must be a finite number, got {opt[field]}")
+  _check_data_modes(d)
+  _check_data_source(config)
+  _check_model_source(config)
+
+
+def _check_data_modes(d):
+  from data import pipeline  # local: keeps this module import-light
+
+  _one_of(d.on_identical_pair, pipeline.IDENTICAL_PAIR_MODES, "data.on_identical_pair")
+  _one_of(d.on_long_prompt, pipeline.LONG_PROMPT_MODES, "data.on_long_prompt")
+
+
+def _check_data_source(config):
+  """The data path and its splits exist (a directory listing, no records read)."""
+  from data import readers
+  from data.errors import DataError
+
+  d = config.data
+  if not d.path:  # the built-in task
+    for field in ("train_split", "eval_split"):
+      _one_of(d[field], ("train", "test", "validation"), f"data.{field} (built-in task)")
+    for field in ("synthetic_train_size", "synthetic_test_size"):
+      _require(d[field] > 0, f"config.data.{field} must be > 0, got {d[field]}")
+    _require(d.synthetic_train_size >= config.batch_size,
+             f"config.data.synthetic_train_size={d.synthetic_train_size} must be >= "
+             f"config.batch_size={config.batch_size}")
+    return
+  _require(os.path.exists(d.path), f"config.data.path: {d.path} does not exist")
+  for field in ("train_split", "eval_split"):
+    try:
+      readers.split_files(d.path, d[field])
+    except DataError as e:
+      raise ConfigError(f"config.data.{field}={d[field]!r}: {e}") from None
+
+
+def _check_model_source(config):
+  """The tokenizer and checkpoint directories hold the files their loaders open; a model
+  built from the config has usable shape numbers."""
+  tok = config.data.tokenizer
+  if tok:
+    file = tok if os.path.basename(tok) == "tokenizer.json" else os.path.join(tok, "tokenizer.json")
+    _require(os.path.isfile(file), f"config.data.tokenizer: {file} not found (expected a "
+             "Hugging Face tokenizer directory with tokenizer.json)")
+  src = config.model.init_from
+  if not src:
+    m = config.model
+    for field in ("rms_norm_eps", "rope_theta", "max_position_embeddings"):
+      _require(m[field] > 0, f"config.model.{field} must be > 0, got {m[field]}")
+    _require(m.head_dim is None or m.head_dim > 0,
+             f"config.model.head_dim must be > 0 (or None), got {m.head_dim}")
+    return
+  _require(os.path.isdir(src), f"config.model.init_from: {src} is not a directory (expected a "
+           "Hugging Face checkpoint directory with config.json and *.safetensors)")
+  cfg_file = os.path.join(src, "config.json")
+  _require(os.path.isfile(cfg_file), f"config.model.init_from: {cfg_file} not found")
+  from models.hf import INDEX_FILE, SINGLE_FILE, load_hf_config
+
+  _require(any(os.path.isfile(os.path.join(src, f)) for f in (SINGLE_FILE, INDEX_FILE)),
+           f"config.model.init_from: no {SINGLE_FILE} or {INDEX_FILE} in {src}")
+  try:
+    load_hf_config(src)
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ConfigError(f"config.model.init_from: cannot use {cfg_file}: "
+                      f"{type(e).__name__}: {e}") from None

@@ -27,16 +27,36 @@ from data import tfds_builders
 from data.tokenizer import load_tokenizer
 import models
 from training import config_check
-from training.checkpoint import Checkpointer
+from training.checkpoint import Checkpointer, data_position_fn
 from training.mesh import batch_sharding, make_mesh, put_batch, replicated
 from training.metrics import MetricsWriter, plot_curves, read_metrics
 from training.optim import learning_rate_schedule, make_optimizer
 from training.reference import ReferenceCache, fingerprint
-from training.step import TrainState, make_eval_step, make_train_step, pair_logps
+from training.step import (TrainState, initial_rng, make_eval_step, make_train_step,
+                           pair_logps)
 
 
 class NonFiniteError(FloatingPointError):
-  """Raised by `config.nonfinite = "halt"` (the update of that step was not applied)."""
+  """Raised by `config.nonfinite = "halt"` (the update of that step was not applied).
+
+  Attributes: `step` (the update that failed, as logged in metrics.jsonl), `batch_index`
+  (= step - 1, the `PreferenceBatcher.batch` index), `example_ids` of this process's rows,
+  `nonfinite`, the names of the non-finite metrics (`loss` and/or `grad_norm` first), and
+  `state`, the TrainState after the rejected update (params and optimizer state unchanged).
+  """
+
+  def __init__(self, step: int, example_ids: list[int], metrics: dict, state=None):
+    values = {k: float(np.asarray(v)) for k, v in metrics.items() if np.size(v) == 1}
+    first = [k for k in ("loss", "grad_norm") if not np.isfinite(values.get(k, 0.0))]
+    self.step, self.batch_index, self.example_ids = step, step - 1, list(example_ids)
+    self.state = state
+    self.nonfinite = first + sorted(k for k, v in values.items()
+                                    if not np.isfinite(v) and k not in first)
+    shown = ", ".join(f"{k}={values[k]}" for k in self.nonfinite)
+    super().__init__(
+        f"non-finite {' and '.join(first) or 'metrics'} at step {step} (batch {step - 1}, "
+        f"example ids {self.example_ids}): {shown}; the update was not applied and the run "
+        "stopped without checkpointing this step (config.nonfinite='halt')")
 
 
 @dataclasses.dataclass
@@ -98,7 +118,8 @@ def _length_limits(config) -> dict:
   d = config.data
   return dict(max_prompt_len=d.max_prompt_len, max_completion_len=d.max_completion_len,
               buckets=tuple(d.buckets), process_index=jax.process_index(),
-              process_count=jax.process_count())
+              process_count=jax.process_count(), on_identical_pair=d.on_identical_pair,
+              on_long_prompt=d.on_long_prompt)
 
 
 def make_batcher(config, tokenizer, source) -> pipeline.PreferenceBatcher:
@@ -143,6 +164,12 @@ def build(config, workdir: str) -> Experiment:
                      f"is {model_config(config).vocab_size} (config.model.vocab_size)")
   train_source, eval_source = load_sources(config, workdir)
   batcher = make_batcher(config, tokenizer, train_source)
+  # Dropped / truncated pairs are logged once per split; tokenizing the eval split here
+  # also surfaces its data errors (on_identical_pair="error") before any compute.
+  eval_stats = make_eval_batches(config, tokenizer, eval_source).stats
+  for split, stats in ((config.data.train_split, batcher.stats),
+                       (config.data.eval_split, eval_stats)):
+    logging.info("data split %r: %s", split, stats.summary())
 
   graphdef, params = init_params(config, mesh)
   ref_params = None
@@ -157,7 +184,8 @@ def build(config, workdir: str) -> Experiment:
   scalar = replicated(mesh)
   state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), scalar), params=params,
                      opt_state=opt_state,
-                     skipped_steps=jax.device_put(jnp.zeros((), jnp.int32), scalar))
+                     skipped_steps=jax.device_put(jnp.zeros((), jnp.int32), scalar),
+                     rng=jax.device_put(initial_rng(config.seed), scalar))
   state_sharding = jax.tree.map(lambda x: x.sharding, state)
   return Experiment(config, mesh, algorithm, graphdef, state, state_sharding, ref_params,
                     tokenizer, train_source, batcher, eval_source, schedule, optimizer)
@@ -249,6 +277,19 @@ def _tokens(batch) -> int:
   return int(np.sum(batch["chosen_attention_mask"]) + np.sum(batch["rejected_attention_mask"]))
 
 
+def _checkpoint(checkpointer: Checkpointer, writer: MetricsWriter, step: int, state, *,
+                force: bool = False):
+  """Saves a due checkpoint after making metrics.jsonl durable.
+
+  Order matters for resume: metrics.jsonl is truncated to the checkpoint's step on restart,
+  so it must hold every step up to the checkpoint even after a machine crash (fsync first);
+  lines logged after the checkpoint are rewritten by the resumed run.
+  """
+  if checkpointer.is_due(step, force=force):
+    writer.sync()
+    checkpointer.maybe_save(step, state, force=force)
+
+
 def train(config, workdir: str, *, stop_at: int | None = None) -> dict:
   """Runs (or resumes) training; returns a summary with the first and last eval metrics.
 
@@ -275,43 +316,52 @@ def train(config, workdir: str, *, stop_at: int | None = None) -> dict:
   eval_fn = jax.jit(make_eval_step(exp.graphdef, exp.algorithm, config.loss))
 
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
-                              keep=config.keep_checkpoints, save_every=config.checkpoint_every)
-  if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(state)
-    logging.info("resumed from step %d", int(state.step))
-  start = int(state.step)
-  writer = MetricsWriter(workdir, total_steps=config.total_steps, start_step=start,
-                         progress_bar=config.progress_bar)
-  summary = {"start_step": start}
-  if start == 0:
-    writer.write(0, evaluate(exp, eval_fn, state.params, ref_params, eval_cache))
-
-  step, metrics = start, {}
+                              keep=config.keep_checkpoints, save_every=config.checkpoint_every,
+                              data_position=data_position_fn(exp.train_batches))
+  writer = None
+  # From here on SIGTERM/SIGINT end the run cleanly (exit 0 from the CLI) at the next step
+  # boundary, with a checkpoint; a restore or eval in progress finishes first.
   with _StopRequest() as stop:
-    last = config.total_steps if stop_at is None else min(stop_at, config.total_steps)
-    while step < last and not stop.requested:
-      batch = exp.train_batches.batch(step)
-      if train_cache is not None:
-        batch = train_cache.attach(batch)
-      state, metrics = train_step(state, ref_params, put_batch(batch, mesh))
-      step += 1
-      rates = writer.advance(step, _tokens(batch) * jax.process_count())
-      if config.nonfinite == "halt" and float(metrics["nonfinite"]):
-        raise NonFiniteError(
-            f"non-finite loss or gradient at step {step} (batch {step - 1}, example ids "
-            f"{batch['example_id'].tolist()}): loss={float(metrics['loss'])}, "
-            f"grad_norm={float(metrics['grad_norm'])}; the update was not applied")
-      logged = {}
-      if step % config.log_every == 0 or step == config.total_steps:
-        logged.update(jax.device_get(metrics), skipped_steps=int(state.skipped_steps), **rates)
-      if (config.eval_every and step % config.eval_every == 0) or step == config.total_steps:
-        logged.update(evaluate(exp, eval_fn, state.params, ref_params, eval_cache))
-      if logged:
-        writer.write(step, logged)
-      checkpointer.maybe_save(step, state, force=stop.requested)
-  checkpointer.maybe_save(step, state, force=True)
-  checkpointer.close()
-  writer.close()
+    try:
+      if checkpointer.latest_step() is not None:
+        state = checkpointer.restore(state)
+        logging.info("resumed from step %d", int(state.step))
+      start = int(state.step)
+      writer = MetricsWriter(workdir, total_steps=config.total_steps, start_step=start,
+                             progress_bar=config.progress_bar)
+      summary = {"start_step": start}
+      if start == 0:
+        writer.write(0, evaluate(exp, eval_fn, state.params, ref_params, eval_cache))
+
+      step, metrics = start, {}
+      last = config.total_steps if stop_at is None else min(stop_at, config.total_steps)
+      while step < last and not stop.requested:
+        batch = exp.train_batches.batch(step)
+        if train_cache is not None:
+          batch = train_cache.attach(batch)
+        state, metrics = train_step(state, ref_params, put_batch(batch, mesh))
+        step += 1
+        rates = writer.advance(step, _tokens(batch) * jax.process_count())
+        if config.nonfinite == "halt" and float(metrics["nonfinite"]):
+          raise NonFiniteError(step, batch["example_id"].tolist(), jax.device_get(metrics),
+                               state)
+        logged = {}
+        if step % config.log_every == 0 or step == config.total_steps:
+          logged.update(jax.device_get(metrics), skipped_steps=int(state.skipped_steps), **rates)
+        if (config.eval_every and step % config.eval_every == 0) or step == config.total_steps:
+          logged.update(evaluate(exp, eval_fn, state.params, ref_params, eval_cache))
+        if logged:
+          writer.write(step, logged)
+        _checkpoint(checkpointer, writer, step, state, force=stop.requested)
+      _checkpoint(checkpointer, writer, step, state, force=True)
+    finally:
+      # Also on an exception (a halt included): an in-flight save completes instead of
+      # leaving a tmp directory behind; the state of a failed step is never saved.
+      checkpointer.close()
+      if writer is not None:
+        writer.close()
+  if stop.requested:
+    logging.warning("stopped on request after step %d; its checkpoint is complete", step)
 
   summary.update(final_step=step, stopped_early=step < config.total_steps,
                  final_metrics={k: float(np.asarray(v)) for k, v in metrics.items()},

@@ -2,6 +2,10 @@
 
 Each JSONL line is one object with key `step` (optimizer updates done) and the metrics logged
 at that step; eval metrics carry the prefix `eval/`. Only process 0 writes.
+
+Resume keeps the file exact: a run restarted from the checkpoint of step s first drops every
+line after s (the resumed run logs those steps again) and a last line cut short by a kill, so
+no step is missing or duplicated.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import time
 
 import jax
 import numpy as np
+from absl import logging
 
 PLOTTED = ("loss", "rewards/accuracies", "rewards/margins", "eval/loss",
            "eval/rewards/accuracies", "eval/rewards/margins")
@@ -50,13 +55,21 @@ class MetricsWriter:
       self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
 
   def _truncate_after(self, step: int):
-    """A resumed run rewrites the steps after its checkpoint: no step logged twice."""
+    """Keeps the lines of steps this run will not log again: those up to its checkpoint.
+
+    A run from step 0 logs step 0 (the first eval) itself, so it keeps nothing: a run killed
+    before its first checkpoint leaves no duplicate step 0 behind.
+    """
     if not os.path.exists(self.path):
       return
-    with open(self.path, encoding="utf-8") as f:
-      kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(self.path, "w", encoding="utf-8") as f:
+    kept = [line for line, record in _parse_lines(self.path)
+            if step > 0 and record["step"] <= step]
+    tmp = self.path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
       f.writelines(kept)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, self.path)  # a kill now leaves the old file or the new one, never half
 
   def write(self, step: int, metrics: dict):
     if not self._is_main:
@@ -68,6 +81,12 @@ class MetricsWriter:
       for k, v in record.items():
         if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
           self._tb.add_scalar(k, v, step)
+
+  def sync(self):
+    """Makes every line written so far durable (called before each checkpoint)."""
+    if self._is_main:
+      self._jsonl.flush()
+      os.fsync(self._jsonl.fileno())
 
   def advance(self, step: int, tokens: int, metrics: dict | None = None) -> dict:
     """Progress bar update after `step`; returns throughput numbers for the log."""
@@ -97,9 +116,24 @@ class MetricsWriter:
     self._jsonl.close()
 
 
+def _parse_lines(path: str) -> list[tuple[str, dict]]:
+  """(line, record) pairs of a metrics.jsonl; a last line cut short by a kill is dropped."""
+  with open(path, encoding="utf-8") as f:
+    lines = [line for line in f if line.strip()]
+  out = []
+  for i, line in enumerate(lines):
+    try:
+      out.append((line if line.endswith("\n") else line + "\n", json.loads(line)))
+    except json.JSONDecodeError:
+      if i != len(lines) - 1:
+        raise ValueError(f"{path}: line {i + 1} is not JSON: {line[:200]!r}") from None
+      logging.warning("%s: ignoring a last line cut short (%d characters)", path, len(line))
+  return out
+
+
 def read_metrics(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The records of WORKDIR/metrics.jsonl, in order (a half-written last line is skipped)."""
+  return [record for _, record in _parse_lines(os.path.join(workdir, "metrics.jsonl"))]
 
 
 def plot_curves(workdir: str, keys=PLOTTED) -> str | None:

@@ -8,9 +8,22 @@ with explicit shardings over the mesh (pjit semantics):
      the frozen `ref_params` (no gradient) when the algorithm needs them in-step;
   3. the algorithm's loss (a pure function of `LossInputs`) is differentiated;
   4. with `grad_accum_steps = k` the batch is split into k micro-batches scanned in sequence,
-     and their gradients are averaged (equal to one batch k times larger for pair-mean losses);
+     and their gradients are averaged (see "Gradient accumulation" below);
   5. a non-finite loss or gradient norm leaves params and optimizer state untouched and is
-     counted in `state.skipped_steps` (the loop halts on it when `config.nonfinite = "halt"`).
+     counted in `state.skipped_steps` (the loop halts on it when `config.nonfinite = "halt"`);
+  6. `state.rng` advances by `fold_in(rng, step)`, so the key of step s depends on (seed, s)
+     only and a resumed run draws the same keys as an uninterrupted one.
+
+Gradient accumulation: the plain average of k micro-batch gradients equals the gradient of
+one batch k times larger exactly when the loss is a mean over PAIRS (micro-batches have
+equal sizes). The registered losses are: DPO-family losses are pair means of per-sequence
+sums, and the length-normalised ones (IPO with `ipo_average_logps`, SimPO) average tokens
+within each sequence before the pair mean. The exception is SimPO's optional `sft_weight`
+term, a cross-entropy averaged over all chosen tokens of the batch: with sft_weight > 0 and
+grad_accum_steps > 1 its gradient is the mean of per-micro-batch token means, which weights
+tokens of short micro-batches more than one large batch would. An exact token-averaged term
+needs each micro-batch weighted by its share of the batch's completion tokens
+(tests/test_resilience.py shows both).
 """
 
 from __future__ import annotations
@@ -35,6 +48,30 @@ class TrainState:
   params: PyTree  # nested dict of arrays (nnx.to_pure_dict of the model's params)
   opt_state: PyTree
   skipped_steps: jax.Array  # [] int32, updates skipped for non-finite loss or gradients
+  # [2] uint32 raw key data (wrap with `jax.random.wrap_key_data`), advanced every step; plain
+  # uint32 so that shardings, donation and checkpoints treat it like any other array. None
+  # for states built without one (they simply carry no key).
+  rng: jax.Array | None = None
+
+
+# Folded into the seed's key so the step's stream is independent of parameter init.
+_STEP_RNG_STREAM = 0x5354  # "ST"
+
+
+def initial_rng(seed: int) -> jax.Array:
+  """The `TrainState.rng` of step 0 for `seed`."""
+  return jax.random.key_data(jax.random.fold_in(jax.random.key(seed), _STEP_RNG_STREAM))
+
+
+def advance_rng(rng: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(rng of the next step, typed key for this step's own sampling).
+
+  A function of (rng, step) only, so a resumed run continues the same chain; the two
+  outputs come from one split, so the key a step consumes is never reused by the chain.
+  """
+  key = jax.random.fold_in(jax.random.wrap_key_data(rng), step)
+  carry, step_key = jax.random.split(key)
+  return jax.random.key_data(carry), step_key
 
 
 def pair_logps(graphdef, params, batch, *, chunk_size: int = 0):
@@ -111,11 +148,17 @@ def make_train_step(graphdef, algorithm: Algorithm, loss_cfg, optimizer, schedul
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    rng = state.rng
+    if rng is not None:
+      # No algorithm samples yet; one that does takes the second key of advance_rng.
+      rng, _ = advance_rng(rng, state.step)
     new_state = TrainState(
         step=state.step + 1,
+        # jnp.where, not a multiply: a NaN in the rejected update never reaches the params.
         params=_tree_where(finite, params, state.params),
         opt_state=_tree_where(finite, opt_state, state.opt_state),
         skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
+        rng=rng,
     )
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
                    learning_rate=schedule(state.step), nonfinite=(~finite).astype(jnp.float32))

@@ -1,0 +1,284 @@
+r"""Training-step throughput of a preset on random weights and synthetic pairs; one JSON line.
+
+    python -m experiments.benchmark --config=configs/dpo.py:bench_tiny --steps=10 --warmup=2
+
+The step is the production one (`training.step.make_train_step`, jitted with the train state
+donated), on parameters from `training.loop.init_params` and the optimizer of
+`training.optim`. Every batch is the same synthetic one: `batch_size` pairs of
+`data.max_prompt_len` prompt + `data.max_completion_len` completion tokens, no padding, loss
+masks on the completion tokens only (the TRL anchor's layout). The first `--warmup` steps
+(compilation included) are not timed; then each of `--steps` steps is timed to
+`jax.block_until_ready`, and the median is reported.
+
+Model FLOPs per optimizer step ("model FLOPs": recomputation and attention scores not
+counted, the same formula as the TRL anchor so that MFU and tokens/s compare directly):
+
+    T = 2 * batch_size * (prompt_len + completion_len)   tokens of chosen and rejected
+    N = models.num_non_embedding_params(model)          (no input embedding, no lm_head)
+    F = 6 * N * T   policy forward + backward
+      + 2 * N * T   reference forward, only when it runs inside the step (reference.mode
+                    "in_step"); 0 when "precomputed" (the batch carries ref log-probs)
+
+`mfu = F / step_time_s / peak`, with `peak` the device's dense bf16 rate (table below; null
+where unknown, e.g. CPU). `--cpu_ynn_fusion_type` sets XLA:CPU's YNNPACK fusion list before
+JAX initialises (see docs/performance.md for why the default turns it off).
+"""
+
+import contextlib
+import functools
+import json
+import os
+import resource
+import statistics
+import time
+from unittest import mock
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/dpo.py:bench_tiny",
+                                          "Path to a config file[:preset].", lock_config=True)
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (compiled ahead of time).")
+_YNN = flags.DEFINE_string(
+    "cpu_ynn_fusion_type", "",
+    "Value of --xla_cpu_experimental_ynn_fusion_type, which only XLA:CPU reads. '' (the "
+    "default) turns YNNPACK fusions off, 'reduce' keeps them for reductions only, 'default' "
+    "leaves XLA's own choice (dots + reductions). Ignored when XLA_FLAGS already sets it.")
+
+# Dense bf16 peak FLOP/s per chip, matched as a substring of `device.device_kind` (lower case,
+# first match wins, so the more specific names come first).
+PEAK_BF16_FLOPS = (
+    ("h100 pcie", 756e12),
+    ("h100", 989e12),
+    ("h200", 989e12),
+    ("a100", 312e12),
+    ("tpu v4", 275e12),
+    ("tpu v5 lite", 197e12),
+    ("tpu v5e", 197e12),
+    ("tpu v5p", 459e12),
+    ("tpu v5", 459e12),
+    ("tpu v6 lite", 918e12),
+    ("tpu v6e", 918e12),
+)
+
+_YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+
+
+def set_cpu_xla_flags(ynn_fusion_type: str) -> str:
+  """Adds the YNN fusion flag to XLA_FLAGS (must run before JAX creates its backends).
+
+  Only XLA:CPU reads `xla_cpu_*` flags, so on an accelerator they change nothing there.
+  Returns the resulting XLA_FLAGS.
+  """
+  flags_now = os.environ.get("XLA_FLAGS", "")
+  if ynn_fusion_type != "default" and _YNN_FLAG not in flags_now:
+    flags_now = f"{flags_now} {_YNN_FLAG}={ynn_fusion_type}".strip()
+    os.environ["XLA_FLAGS"] = flags_now
+  return flags_now
+
+
+def peak_flops(device_kind: str):
+  kind = device_kind.lower()
+  for name, peak in PEAK_BF16_FLOPS:
+    if name in kind:
+      return peak
+  return None
+
+
+def model_flops_per_step(num_non_embedding: int, tokens: int, reference_in_step: bool) -> int:
+  """F = 6·N·T (policy fwd+bwd) + 2·N·T (in-step reference forward, else 0)."""
+  return (6 + (2 if reference_in_step else 0)) * num_non_embedding * tokens
+
+
+def synthetic_batch(batch_size: int, prompt_len: int, completion_len: int, vocab_size: int,
+                    seed: int) -> dict:
+  """Fixed-length pairs without padding, in the layout of `data.pipeline`.
+
+  ids avoid 0..2 (pad/bos/eos in the tokenizers); the loss mask is 1 on the completion
+  positions [prompt_len, prompt_len + completion_len) of both sides.
+  """
+  import numpy as np
+
+  rng = np.random.default_rng(seed)
+  length = prompt_len + completion_len
+  prompt = rng.integers(3, vocab_size, (batch_size, prompt_len), dtype=np.int32)
+  loss_mask = np.zeros((batch_size, length), np.float32)
+  loss_mask[:, prompt_len:] = 1.0
+  batch = {}
+  for side in ("chosen", "rejected"):
+    completion = rng.integers(3, vocab_size, (batch_size, completion_len), dtype=np.int32)
+    batch[f"{side}_ids"] = np.concatenate([prompt, completion], axis=1)
+    batch[f"{side}_attention_mask"] = np.ones((batch_size, length), np.int32)
+    batch[f"{side}_loss_mask"] = loss_mask.copy()
+  return batch
+
+
+def peak_memory() -> tuple[int, str]:
+  """(bytes, source): the device allocator's peak where it reports one, else peak RSS."""
+  import jax
+
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return int(stats["peak_bytes_in_use"]), "device peak_bytes_in_use"
+  # ru_maxrss is in KiB on Linux.
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
+
+
+def build_step(config):
+  """(compiled step, compile seconds, state, ref_params, batch, model config, mesh)."""
+  import jax
+  import jax.numpy as jnp
+
+  import algorithms
+  from training import loop
+  from training.mesh import make_mesh, put_batch, replicated
+  from training.optim import learning_rate_schedule, make_optimizer
+  from training.step import TrainState, make_train_step, pair_logps
+
+  mesh = make_mesh(config.mesh)
+  algorithm = algorithms.get_algorithm(config.loss.name)
+  graphdef, params = loop.init_params(config, mesh)
+  schedule = learning_rate_schedule(config.optimizer, config.total_steps)
+  optimizer = make_optimizer(config.optimizer, config.total_steps)
+  # The optimizer state sharded like the parameters, as training.loop.build lays it out.
+  param_sharding = jax.tree.map(lambda x: x.sharding, params)
+  opt_sharding = loop._like_params(jax.eval_shape(optimizer.init, params), param_sharding, mesh)
+  opt_state = jax.jit(optimizer.init, out_shardings=opt_sharding)(params)
+  scalar = replicated(mesh)
+  state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), scalar), params=params,
+                     opt_state=opt_state,
+                     skipped_steps=jax.device_put(jnp.zeros((), jnp.int32), scalar))
+
+  mcfg = loop.model_config(config)
+  d = config.data
+  batch = synthetic_batch(config.batch_size, d.max_prompt_len, d.max_completion_len,
+                          mcfg.vocab_size, config.seed)
+  batch = put_batch(batch, mesh)
+  chunk_size = int(config.model.get("logp_chunk_size", 0))
+  ref_params = None
+  if algorithm.requirements.reference:
+    # A copy, not an alias: the step donates the policy params.
+    ref_params = jax.tree.map(jnp.copy, params)
+    if config.reference.mode == "precomputed":
+      ref_chosen, ref_rejected = jax.jit(
+          lambda p, b: pair_logps(graphdef, p, b, chunk_size=chunk_size))(ref_params, batch)
+      batch = dict(batch, ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
+      ref_params = None
+  train_step = make_train_step(graphdef, algorithm, config.loss, optimizer, schedule,
+                               grad_accum_steps=config.grad_accum_steps, chunk_size=chunk_size)
+  start = time.perf_counter()
+  with _logits_on(config.model.get("logits_on", "all"), d.max_completion_len):
+    # The state keeps its shardings across steps (as in training.loop), so one executable
+    # serves every step.
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    jitted = jax.jit(train_step, donate_argnums=(0,), out_shardings=(state_sharding, scalar))
+    compiled = jitted.lower(state, ref_params, batch).compile()
+  compile_s = time.perf_counter() - start
+  return compiled, compile_s, state, ref_params, batch, mcfg, mesh
+
+
+@contextlib.contextmanager
+def _logits_on(where: str, max_completion_len: int):
+  """While tracing: "completion" swaps the step's log-prob function for the completion-window
+  head of training/fused_logprobs.py (the train loop does not offer it yet)."""
+  if where == "all":
+    yield
+    return
+  if where != "completion":
+    raise ValueError(f"config.model.logits_on must be all|completion, got {where!r}")
+  from training import fused_logprobs
+  from training import step as step_lib
+
+  fused = functools.partial(fused_logprobs.pair_logps, max_completion_len=max_completion_len)
+  with mock.patch.object(step_lib, "pair_logps", fused):
+    yield
+
+
+def run(config, steps: int, warmup: int) -> dict:
+  """Times `steps` train steps after `warmup` untimed ones; returns the result dict."""
+  import jax
+
+  import models
+
+  step_fn, compile_s, state, ref_params, batch, mcfg, mesh = build_step(config)
+  times, losses = [], []
+  first_step_s = None
+  for i in range(warmup + steps):
+    start = time.perf_counter()
+    state, metrics = step_fn(state, ref_params, batch)
+    jax.block_until_ready((state, metrics))
+    elapsed = time.perf_counter() - start
+    losses.append(float(metrics["loss"]))
+    if i == 0:
+      first_step_s = elapsed
+    if i >= warmup:
+      times.append(elapsed)
+
+  d = config.data
+  tokens = 2 * config.batch_size * (d.max_prompt_len + d.max_completion_len)
+  reference_in_step = config.reference.mode == "in_step"
+  non_embedding = models.num_non_embedding_params(mcfg)
+  flops = model_flops_per_step(non_embedding, tokens, reference_in_step)
+  step_time = statistics.median(times)
+  device = jax.devices()[0]
+  peak = peak_flops(device.device_kind)
+  memory, memory_source = peak_memory()
+  return {
+      "config": config.name,
+      "tokens_per_s": tokens / step_time,
+      "pairs_per_s": config.batch_size / step_time,
+      "step_time_s": step_time,
+      "step_times_s": [round(t, 4) for t in times],
+      "compile_s": compile_s,
+      "first_step_s": first_step_s,
+      "model_flops_per_step": flops,
+      "flops_formula": "(6 + 2*in_step_reference) * N_non_embedding * T",
+      "achieved_tflops": flops / step_time / 1e12,
+      "mfu": None if peak is None else flops / step_time / (peak * jax.device_count()),
+      "peak_bf16_flops_per_device": peak,
+      "peak_memory_bytes": memory,
+      "peak_memory_source": memory_source,
+      "tokens_per_step": tokens,
+      "batch_size": config.batch_size,
+      "prompt_len": d.max_prompt_len,
+      "completion_len": d.max_completion_len,
+      "non_embedding_params": non_embedding,
+      "params": models.num_params(mcfg),
+      "reference_mode": config.reference.mode,
+      "dtype": mcfg.dtype,
+      "param_dtype": mcfg.param_dtype,
+      "model_impl": {k: config.model.get(k) for k in ("mlp_impl", "attention_impl",
+                                                      "attention_query_blocks",
+                                                      "logp_chunk_size", "logits_on",
+                                                      "remat")},
+      "first_loss": losses[0],
+      "last_loss": losses[-1],
+      "mesh": dict(mesh.shape),
+      "num_devices": jax.device_count(),
+      "platform": device.platform,
+      "device_kind": device.device_kind,
+      "jax_version": jax.__version__,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "steps": steps,
+      "warmup": warmup,
+  }
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _STEPS.value < 1 or _WARMUP.value < 0:
+    raise app.UsageError("--steps must be >= 1 and --warmup >= 0")
+  set_cpu_xla_flags(_YNN.value)  # before anything imports jax's backends
+  from training import config_check
+
+  try:
+    config_check.validate(_CONFIG.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  print(json.dumps(run(_CONFIG.value, _STEPS.value, _WARMUP.value)), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,63 @@
+"""experiments/benchmark.py on a very small shape: one JSON line with the documented keys."""
+
+import json
+import os
+import subprocess
+import sys
+
+from experiments import benchmark
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=2,
+             num_kv_heads=1)
+KEYS = {"tokens_per_s", "pairs_per_s", "step_time_s", "model_flops_per_step", "mfu",
+        "peak_memory_bytes", "mesh", "config", "jax_version", "device_kind", "xla_flags"}
+
+
+def _small_config(**model):
+  from configs import dpo
+
+  config = dpo.get_config("bench_tiny")
+  config.model.update(**dict(SMALL, **model))
+  config.batch_size = 2
+  config.data.update(max_prompt_len=4, max_completion_len=6, buckets=(10,))
+  return config
+
+
+def test_benchmark_prints_one_json_line():
+  overrides = [f"--config.model.{k}={v}" for k, v in SMALL.items()]
+  command = [sys.executable, "-m", "experiments.benchmark", "--config=configs/dpo.py:bench_tiny",
+             "--steps=2", "--warmup=1", "--config.batch_size=2",
+             "--config.data.max_prompt_len=4", "--config.data.max_completion_len=6",
+             "--config.data.buckets=(10,)"] + overrides
+  env = dict(os.environ, XLA_FLAGS="")
+  proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = [l for l in proc.stdout.splitlines() if l.strip()]
+  assert len(lines) == 1, proc.stdout
+  result = json.loads(lines[0])
+  assert KEYS <= set(result)
+  assert result["config"] == "dpo:bench_tiny"
+  assert result["tokens_per_step"] == 2 * 2 * (4 + 6)
+  assert result["model_flops_per_step"] == 8 * result["non_embedding_params"] * 40
+  assert result["mfu"] is None and result["device_kind"] == "cpu"  # no CPU peak rate
+  assert result["tokens_per_s"] > 0 and result["peak_memory_bytes"] > 0
+  assert "--xla_cpu_experimental_ynn_fusion_type=" in result["xla_flags"]
+  assert abs(result["first_loss"] - 0.693147) < 1e-3  # policy = reference: ln 2
+
+
+def test_completion_head_and_precomputed_reference():
+  config = _small_config()
+  config.model.logits_on = "completion"
+  config.reference.mode = "precomputed"
+  result = benchmark.run(config, steps=1, warmup=1)
+  assert result["model_flops_per_step"] == 6 * result["non_embedding_params"] * 40
+  assert abs(result["first_loss"] - 0.693147) < 1e-3
+
+
+def test_peak_table():
+  assert benchmark.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+  assert benchmark.peak_flops("NVIDIA H100 PCIe") == 756e12
+  assert benchmark.peak_flops("TPU v5 lite") == 197e12
+  assert benchmark.peak_flops("TPU v5p") == 459e12
+  assert benchmark.peak_flops("cpu") is None
