@@ -74,6 +74,7 @@ class Experiment:
   train_source: object
   train_batches: object  # data.PreferenceBatcher
   eval_source: object
+  eval_batches: object  # data.EvalBatches over eval_source, tokenized once
   schedule: object
   optimizer: object
 
@@ -166,7 +167,8 @@ def build(config, workdir: str) -> Experiment:
   batcher = make_batcher(config, tokenizer, train_source)
   # Dropped / truncated pairs are logged once per split; tokenizing the eval split here
   # also surfaces its data errors (on_identical_pair="error") before any compute.
-  eval_stats = make_eval_batches(config, tokenizer, eval_source).stats
+  eval_batches = make_eval_batches(config, tokenizer, eval_source)
+  eval_stats = eval_batches.stats
   for split, stats in ((config.data.train_split, batcher.stats),
                        (config.data.eval_split, eval_stats)):
     logging.info("data split %r: %s", split, stats.summary())
@@ -188,7 +190,8 @@ def build(config, workdir: str) -> Experiment:
                      rng=jax.device_put(initial_rng(config.seed), scalar))
   state_sharding = jax.tree.map(lambda x: x.sharding, state)
   return Experiment(config, mesh, algorithm, graphdef, state, state_sharding, ref_params,
-                    tokenizer, train_source, batcher, eval_source, schedule, optimizer)
+                    tokenizer, train_source, batcher, eval_source, eval_batches, schedule,
+                    optimizer)
 
 
 def make_train_step_for(exp: Experiment):
@@ -239,7 +242,7 @@ def _reference_cache(exp: Experiment, workdir: str) -> tuple[ReferenceCache, Ref
 def evaluate(exp: Experiment, eval_fn, params, ref_params, ref_cache=None) -> dict:
   """Exact averages of the loss metrics over the whole eval split."""
   totals, weight = None, 0.0
-  for batch in make_eval_batches(exp.config, exp.tokenizer, exp.eval_source):
+  for batch in exp.eval_batches:
     if ref_cache is not None:
       batch = ref_cache.attach(batch)
     sums, w = jax.device_get(eval_fn(params, ref_params, put_batch(batch, exp.mesh)))
