@@ -30,29 +30,75 @@ Metrics = dict[str, Array]
 
 @flax.struct.dataclass
 class LossInputs:
-  """Per-token quantities for a batch of B preference pairs, each field [B, T].
+  """Per-token quantities for a batch of B preference pairs ([B, T] unless stated).
 
-  Optional fields are None when the algorithm does not ask for them; later algorithms add
-  their own optional fields here (previous-iterate log-probs, oracle preferences, token
-  rewards, step masks) so that every loss keeps the same signature.
+  Optional fields are None when the algorithm does not ask for them (its `Requirements`
+  say which the loop fills), so that every loss keeps the same signature. Response-level
+  algorithms without pairs (implicit PRM's CE objective, PRIME) use the `chosen_*` slots
+  for their responses and leave the `rejected_*` ones None.
   """
 
   policy_chosen_logps: Array
-  policy_rejected_logps: Array
+  policy_rejected_logps: Optional[Array]
   chosen_mask: Array
-  rejected_mask: Array
+  rejected_mask: Optional[Array]
   ref_chosen_logps: Optional[Array] = None
   ref_rejected_logps: Optional[Array] = None
   # [B] weight of each pair in batch means: 1 for real pairs, 0 for the filler pairs that pad
   # the last eval batch. None means all ones.
   pair_weights: Optional[Array] = None
+  # [B, T] log-probs under the previous iterate π_t (DNO, INPO, GPO/SPPO; PRIME's old policy).
+  prev_chosen_logps: Optional[Array] = None
+  prev_rejected_logps: Optional[Array] = None
+  # [B] oracle probability P(y_w ≻ y_l | x) used as a soft label (DNO's soft form).
+  preference_probs: Optional[Array] = None
+  # [B] per-response regression targets from an oracle (GPO's / SPPO's win-rate scores).
+  chosen_scores: Optional[Array] = None
+  rejected_scores: Optional[Array] = None
+  # [B, T] token-level rewards (T-REG's contrastive-prompting rewards), 0 off completion.
+  chosen_token_rewards: Optional[Array] = None
+  rejected_token_rewards: Optional[Array] = None
+  # [B, T] 1 at the last token of each reasoning step (implicit PRM / PRIME step rewards).
+  chosen_step_ends: Optional[Array] = None
+  rejected_step_ends: Optional[Array] = None
+  # [B] outcome labels in {0, 1} (answer correct or not): implicit PRM's CE, PRIME's verifier.
+  chosen_labels: Optional[Array] = None
+  rejected_labels: Optional[Array] = None
+  # [B, D] reward / preference head outputs at the last token (BT: D = 1; GPM: D = 2k).
+  chosen_values: Optional[Array] = None
+  rejected_values: Optional[Array] = None
+  # [B, k] GPM's prompt-dependent eigenvalues λ(x) (prompt head), None for λ = 1.
+  preference_gates: Optional[Array] = None
+  # [B, T] per-token advantages (PRIME's RLOO returns, whitened), 0 off completion.
+  advantages: Optional[Array] = None
+  # [] what a loss averaged over the batch's completion TOKENS divides by: the pair-weighted
+  # number of chosen completion tokens of the whole optimizer batch divided by the number of
+  # micro-batches it is split into (gradient accumulation), so that the mean of micro-batch
+  # gradients is the whole batch's. None: this batch's own count.
+  chosen_token_count: Optional[Array] = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Requirements:
-  """What the training loop must compute for an algorithm."""
+  """What the training loop must compute for an algorithm.
 
-  reference: bool = True  # needs ref_{chosen,rejected}_logps
+  reference: ref_{chosen,rejected}_logps from the frozen reference policy.
+  previous_policy: prev_{chosen,rejected}_logps from the previous iterate π_t.
+  head: the model trained: "lm" (the policy's log-probs), "bt_reward" (a scalar reward head)
+    or "gpm" (the General Preference Model's 2k-dim embedding head); for the heads the loop
+    fills `chosen_values` / `rejected_values` instead of the log-prob fields.
+  online: the training pairs come from sampling the policy and scoring the samples
+    (one round per run for now), not from a fixed dataset.
+  token_rewards: {chosen,rejected}_token_rewards (T-REG's contrastive prompting).
+  outcome_labels: {chosen,rejected}_labels and step_ends (implicit PRM).
+  """
+
+  reference: bool = True
+  previous_policy: bool = False
+  head: str = "lm"
+  online: bool = False
+  token_rewards: bool = False
+  outcome_labels: bool = False
 
 
 LossFn = Callable[[LossInputs, Mapping], tuple[Array, Metrics]]
@@ -123,6 +169,18 @@ def completion_lengths(mask: Array) -> Array:
 def mean_logps(logps: Array, mask: Array) -> Array:
   """[B] per-token average log-prob over completion tokens."""
   return sequence_logps(logps, mask) / completion_lengths(mask)
+
+
+def chosen_token_count(inputs: LossInputs) -> Array:
+  """[] pair-weighted count of chosen completion tokens a token mean divides by (see
+  `LossInputs.chosen_token_count`), at least float32 tiny so it never divides by zero."""
+  if inputs.chosen_token_count is not None:
+    count = inputs.chosen_token_count.astype(jnp.float32)
+  else:
+    tokens = jnp.sum(inputs.chosen_mask.astype(jnp.float32), axis=-1)
+    count = jnp.sum(tokens if inputs.pair_weights is None
+                    else tokens * inputs.pair_weights.astype(jnp.float32))
+  return jnp.maximum(count, jnp.finfo(jnp.float32).tiny)
 
 
 def batch_mean(values: Array, inputs: LossInputs) -> Array:

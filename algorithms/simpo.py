@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from algorithms.base import (Array, LossInputs, Metrics, Requirements, batch_mean,
-                             preference_metrics, register)
+                             chosen_token_count, preference_metrics, register)
 from algorithms.dpo import (check_number, conservative_log_sigmoid_loss, masked_float32,
                             policy_sequence_logps)
 
@@ -44,13 +44,15 @@ def chosen_nll(inputs: LossInputs) -> Array:
 
   −Σ_b w_b Σ_t m_bt logπ_bt / Σ_b w_b n_b, i.e. HF `CrossEntropyLoss` over every chosen
   completion token of the batch (what the SimPO trainer's `sft_weight` term uses), with pair
-  weights w. Written as a ratio of two `batch_mean`s so filler pairs drop out.
+  weights w. Under gradient accumulation the denominator is the whole batch's share
+  (`chosen_token_count`), so micro-batch gradients average to the whole batch's.
   """
-  logps, mask = masked_float32(inputs.policy_chosen_logps, inputs.chosen_mask)
-  nll_sum = batch_mean(-jnp.sum(logps, axis=-1), inputs)
-  tokens = batch_mean(jnp.sum(mask, axis=-1), inputs)
-  # No completion token at all: nll_sum is 0 too, so the term is 0 rather than NaN.
-  return nll_sum / jnp.maximum(tokens, jnp.finfo(jnp.float32).tiny)
+  logps, _ = masked_float32(inputs.policy_chosen_logps, inputs.chosen_mask)
+  nll = -jnp.sum(logps, axis=-1)  # [B]
+  if inputs.pair_weights is not None:
+    nll = nll * inputs.pair_weights.astype(jnp.float32)
+  # No completion token at all: the sum is 0 too, so the term is 0 rather than NaN.
+  return jnp.sum(nll) / chosen_token_count(inputs)
 
 
 def _validate_simpo(cfg: Mapping) -> None:

@@ -25,6 +25,31 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.ipo_average_logps = True  # TRL's per-token-averaged IPO; False: summed (paper)
   config.loss.simpo_gamma_beta_ratio = 0.5
   config.loss.sft_weight = 0.0
+  # LD-DPO (Liu et al. 2024): weight of the tokens past the shorter response's length;
+  # 1 is DPO. Whether the reference log-probs get the same split (TRL >= 0.29: yes).
+  config.loss.ld_alpha = 0.5
+  config.loss.ld_apply_to_ref = True
+  # INPO (Zhang et al. 2025): η (inverse mirror-descent step; target 1/(2η)) and τ/η.
+  config.loss.inpo_eta = 0.0075
+  config.loss.inpo_ratio = 1.0 / 3.0
+  # GPO / SPPO targets: "sppo_score" (GPM scores, GPO) or "sppo" (win probabilities);
+  # targets are clamped to ±gpo_target_clamp (the GPO scripts' CLAMP_THRES).
+  config.loss.gpo_loss_type = "sppo_score"
+  config.loss.gpo_target_clamp = 1000.0
+  # GPM / BT reward model: P(y ≻ y') = σ(s / preference_tau), optional margin.
+  config.loss.preference_tau = 0.1
+  config.loss.preference_margin = 0.0
+  # T-REG (Zhou et al. 2025): weight α of the token-level regulariser, on top of "dpo" or
+  # "simpo".
+  config.loss.t_reg_alpha = 0.25
+  config.loss.t_reg_base = "dpo"
+  # Implicit PRM (Yuan et al. 2024): the outcome objective, "ce" or "dpo".
+  config.loss.prm_objective = "ce"
+  # PRIME (Cui et al. 2025): PPO clip range, PRM β for its CE update, and the RLOO baseline
+  # of the process rewards: "code" (the official repository) or "paper" (leave-one-out).
+  config.loss.ppo_clip = 0.2
+  config.loss.prm_beta = 0.05
+  config.loss.prime_rloo_form = "code"
 
   config.model = ml_collections.ConfigDict()
   # A Hugging Face checkpoint directory (config.json + *.safetensors), or "" for random init
@@ -81,6 +106,35 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.eps = 1e-8
   config.optimizer.grad_clip_norm = 1.0  # 0 disables clipping
 
+  # Reward / preference model heads (loss.name = "bt_reward" or "gpm"; GPO's scorer).
+  config.preference_model = ml_collections.ConfigDict()
+  config.preference_model.value_dim = 2  # GPM embedding size 2k (BT uses 1)
+  config.preference_model.normalize = False  # L2-normalise GPM embeddings (train and score)
+  config.preference_model.prompt_head = False  # prompt-dependent eigenvalues λ(x)
+
+  # Online algorithms (dno, inpo, gpo, prime): one round of sampling and scoring before
+  # training. The full multi-round loop (experiments/iterate.py) is a later issue.
+  config.online = ml_collections.ConfigDict()
+  config.online.num_prompts = 64  # prompts sampled from the train split for the round
+  config.online.num_samples = 4  # K responses per prompt
+  config.online.temperature = 1.0
+  config.online.max_new_tokens = 24
+  # "verifier": the built-in task's rule (reward 1/0); "gpm": a GPM checkpoint directory.
+  config.online.scorer = "verifier"
+  config.online.scorer_path = ""
+  # Steps of SFT on the train split's chosen responses before sampling (0: sample from the
+  # policy as loaded); the SFT policy is also the round's reference and π_t.
+  config.online.sft_steps = 0
+  config.online.sft_learning_rate = 1e-3  # the warm-up's own AdamW rate (same schedule)
+  config.online.accuracy_range = (0.2, 0.8)  # PRIME keeps prompts with accuracy in range
+  config.online.eval_prompts = 64  # held-out prompts whose greedy responses are verified
+
+  # T-REG's contrastive prompting: the same response scored after a prompt asking for a
+  # better and for a worse answer; the prefixes are put before the prompt text.
+  config.t_reg = ml_collections.ConfigDict()
+  config.t_reg.better_prefix = "Answer helpfully, correctly and concisely. "
+  config.t_reg.worse_prefix = "Answer unhelpfully, incorrectly and verbosely. "
+
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1  # -1: all devices not used by fsdp and tensor
   config.mesh.fsdp = 1
@@ -104,3 +158,16 @@ def get_config() -> ml_collections.ConfigDict:
   # fused backward (training/fused_logprobs.py; experiments/benchmark.py only, for now).
   config.model.logits_on = "all"
   return config
+
+
+def algorithm_config(loss_name: str, preset: str, presets: dict,
+                     **loss_overrides) -> ml_collections.ConfigDict:
+  """The config of `configs/<loss_name>.py:<preset>`: these defaults, the loss, the preset."""
+  if preset not in presets:
+    raise ValueError(f"unknown preset {preset!r} for configs/{loss_name}.py; choose from "
+                     f"{list(presets)}")
+  config = get_config()
+  config.name = f"{loss_name}:{preset}"
+  config.loss.name = loss_name
+  config.loss.update(loss_overrides)
+  return presets[preset](config)

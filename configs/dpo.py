@@ -88,9 +88,4 @@ PRESETS = {"tiny": tiny, "1b": one_b, "bench_tiny": bench_tiny, "bench_1b": benc
 
 
 def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
-  if preset not in PRESETS:
-    raise ValueError(f"unknown preset {preset!r} for configs/dpo.py; choose from {list(PRESETS)}")
-  config = base.get_config()
-  config.name = f"dpo:{preset}"
-  config.loss.name = "dpo"
-  return PRESETS[preset](config)
+  return base.algorithm_config("dpo", preset, PRESETS)

@@ -24,6 +24,13 @@ with ``pad_id``):
   ids[t] is a completion token (eos included): the label positions whose
   log pi(ids[t] | ids[<t]) counts. Always 0 at t = 0, on prompt and padding.
 * ``example_id``: [B] int64; eval batches add ``weight``: [B] float32.
+* per-pair extras (``TokenizedPair.extras``, see ``PAIR_FIELDS``): a float
+  [B] array each, e.g. ``chosen_label`` or ``preference_prob``; per-token
+  extras (``TOKEN_FIELDS``, one value per completion token): [B, T] float32,
+  aligned with the completion and 0 elsewhere.
+
+A pair may have no rejected side (``rejected=None``: PRIME's sampled
+responses); a batch of such pairs has no ``rejected_*`` arrays.
 
 Tokenization is EAGER: the whole split is tokenized once when a batcher is
 built. That makes ``num_batches_per_epoch`` and the dropped/truncated counts
@@ -76,6 +83,15 @@ class SplitStats:
             f"{self.truncated_prompt} prompts, {self.truncated_completion} completions")
 
 
+# Optional numeric fields of a record that travel with its pair into batches as [B] float
+# arrays: outcome labels (implicit PRM, PRIME), an oracle's preference probability (DNO's
+# soft form) and per-response regression targets (GPO / SPPO).
+PAIR_FIELDS = ("chosen_label", "rejected_label", "preference_prob", "chosen_score",
+               "rejected_score")
+# Per-completion-token extras, collated to [B, T] at the completion positions.
+TOKEN_FIELDS = ("chosen_token_rewards", "rejected_token_rewards", "chosen_advantages")
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenizedPair:
   """One pair after tokenization and truncation; arrays are int32."""
@@ -83,7 +99,9 @@ class TokenizedPair:
   example_id: int
   prompt: np.ndarray   # [bos] + prompt ids
   chosen: np.ndarray   # completion ids + [eos] (eos absent if truncated)
-  rejected: np.ndarray
+  rejected: np.ndarray | None  # None for a single response (no pair)
+  # PAIR_FIELDS -> float, TOKEN_FIELDS -> float array with one value per completion token.
+  extras: Mapping[str, object] = dataclasses.field(default_factory=dict)
 
 
 def _encode_many(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
@@ -173,11 +191,27 @@ class TokenizedPairs(Sequence[TokenizedPair]):
           continue
         pairs.append(TokenizedPair(
             example_id, np.asarray(prompt, np.int32),
-            np.asarray(c, np.int32), np.asarray(r, np.int32)))
+            np.asarray(c, np.int32), np.asarray(r, np.int32),
+            _pair_extras(source, self.source_name, index - 1, rec)))
     stats.kept = len(pairs)
     self.stats = stats
     self._pairs = pairs
     self.pad_id = int(tokenizer.pad_id)
+
+  @classmethod
+  def from_pairs(cls, pairs: Sequence[TokenizedPair], pad_id: int, *,
+                 source_name: str = "generated pairs") -> "TokenizedPairs":
+    """Wraps pairs that are already token ids (an online round's samples), unchanged."""
+    self = cls.__new__(cls)
+    self.source_name = source_name
+    self._pairs = list(pairs)
+    self.pad_id = int(pad_id)
+    longest = lambda side: max((len(getattr(p, side)) for p in pairs
+                                if getattr(p, side) is not None), default=0)
+    self.max_prompt_len = longest("prompt")
+    self.max_completion_len = max(longest("chosen"), longest("rejected"))
+    self.stats = SplitStats(total=len(pairs), kept=len(pairs))
+    return self
 
   def __len__(self) -> int:
     return len(self._pairs)
@@ -188,7 +222,34 @@ class TokenizedPairs(Sequence[TokenizedPair]):
   def length(self, i: int) -> int:
     """Longest of the chosen / rejected sequences of pair ``i``."""
     p = self._pairs[i]
-    return len(p.prompt) + max(len(p.chosen), len(p.rejected))
+    rejected = 0 if p.rejected is None else len(p.rejected)
+    return len(p.prompt) + max(len(p.chosen), rejected)
+
+
+def _pair_extras(source, source_name: str, index: int, record: Mapping) -> dict:
+  """The record's PAIR_FIELDS as floats; a non-numeric value is a DataError naming it."""
+  extras = {}
+  for field in PAIR_FIELDS:
+    if field in record and record[field] is not None:
+      value = record[field]
+      if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or (
+          not math.isfinite(float(value))):
+        raise DataError(f"{_where(source, source_name, index, field)}: must be a finite "
+                        f"number, got {value!r}")
+      extras[field] = float(value)
+  return extras
+
+
+def _tokenized(source, tokenizer: Tokenizer, **kwargs) -> TokenizedPairs:
+  """``source`` tokenized, or as it is when it is already a ``TokenizedPairs``."""
+  if isinstance(source, TokenizedPairs):
+    longest = source.max_prompt_len + source.max_completion_len
+    limit = kwargs["max_prompt_len"] + kwargs["max_completion_len"]
+    if longest > limit:
+      raise ValueError(f"{source.source_name}: sequences up to {longest} tokens exceed "
+                       f"max_prompt_len + max_completion_len = {limit}")
+    return source
+  return TokenizedPairs(source, tokenizer, **kwargs)
 
 
 def check_buckets(buckets: Sequence[int], max_len: int) -> tuple[int, ...]:
@@ -214,12 +275,15 @@ def collate(pairs: Sequence[TokenizedPair], length: int, pad_id: int) -> dict:
   """Right-padded batch arrays (see the module docstring) of padded length ``length``."""
   B = len(pairs)
   out = {"example_id": np.asarray([p.example_id for p in pairs], np.int64)}
-  for side in ("chosen", "rejected"):
+  sides = ("chosen",) if all(p.rejected is None for p in pairs) else ("chosen", "rejected")
+  for side in sides:
     ids = np.full((B, length), pad_id, np.int32)
     attn = np.zeros((B, length), np.int32)
     loss = np.zeros((B, length), np.float32)
     for row, p in enumerate(pairs):
       completion = getattr(p, side)
+      if completion is None:
+        raise ValueError(f"pair {p.example_id} has no {side} side but others in its batch do")
       n_prompt, n = len(p.prompt), len(p.prompt) + len(completion)
       ids[row, :n_prompt] = p.prompt
       ids[row, n_prompt:n] = completion
@@ -229,7 +293,25 @@ def collate(pairs: Sequence[TokenizedPair], length: int, pad_id: int) -> dict:
     out[f"{side}_ids"] = ids
     out[f"{side}_attention_mask"] = attn
     out[f"{side}_loss_mask"] = loss
+  for field in PAIR_FIELDS:
+    if any(field in p.extras for p in pairs):
+      out[field] = np.asarray([_extra(p, field) for p in pairs], np.float32)
+  for field in TOKEN_FIELDS:
+    if any(field in p.extras for p in pairs):
+      side = field.split("_", 1)[0]
+      values = np.zeros((B, length), np.float32)
+      for row, p in enumerate(pairs):
+        start = len(p.prompt)
+        token_values = np.asarray(_extra(p, field), np.float32)
+        values[row, start:start + len(token_values)] = token_values
+      out[field] = values * out[f"{side}_loss_mask"]
   return out
+
+
+def _extra(pair: TokenizedPair, field: str):
+  if field not in pair.extras:
+    raise ValueError(f"pair {pair.example_id} lacks {field!r} but others in its batch have it")
+  return pair.extras[field]
 
 
 def left_pad(batch: Mapping[str, np.ndarray]) -> dict:
@@ -240,6 +322,8 @@ def left_pad(batch: Mapping[str, np.ndarray]) -> dict:
   """
   out = dict(batch)
   for side in ("chosen", "rejected"):
+    if f"{side}_ids" not in batch:
+      continue
     attn = np.asarray(batch[f"{side}_attention_mask"])
     B, T = attn.shape
     lengths = attn.sum(axis=1)
@@ -247,8 +331,9 @@ def left_pad(batch: Mapping[str, np.ndarray]) -> dict:
     if not np.array_equal(attn, (positions < lengths[:, None]).astype(attn.dtype)):
       raise ValueError(f"{side}_attention_mask is not right-padded")
     index = (positions - (T - lengths)[:, None]) % T
-    for key in ("ids", "attention_mask", "loss_mask"):
-      name = f"{side}_{key}"
+    names = [f"{side}_{key}" for key in ("ids", "attention_mask", "loss_mask")]
+    names += [f for f in TOKEN_FIELDS if f.startswith(side) and f in batch]
+    for name in names:
       out[name] = np.take_along_axis(np.asarray(batch[name]), index, axis=1)
   return out
 
@@ -317,10 +402,10 @@ class PreferenceBatcher:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     self._local = _local_slice(batch_size, process_index, process_count)
     self.buckets = check_buckets(buckets, max_prompt_len + max_completion_len)
-    self.pairs = TokenizedPairs(source, tokenizer, max_prompt_len=max_prompt_len,
-                                max_completion_len=max_completion_len,
-                                on_identical_pair=on_identical_pair,
-                                on_long_prompt=on_long_prompt, source_name=source_name)
+    self.pairs = _tokenized(source, tokenizer, max_prompt_len=max_prompt_len,
+                            max_completion_len=max_completion_len,
+                            on_identical_pair=on_identical_pair,
+                            on_long_prompt=on_long_prompt, source_name=source_name)
     self.batch_size = batch_size
     self.local_batch_size = batch_size // process_count
     self.seed = int(seed)
@@ -384,10 +469,10 @@ class EvalBatches:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     self._local = _local_slice(batch_size, process_index, process_count)
     self.buckets = check_buckets(buckets, max_prompt_len + max_completion_len)
-    self.pairs = TokenizedPairs(source, tokenizer, max_prompt_len=max_prompt_len,
-                                max_completion_len=max_completion_len,
-                                on_identical_pair=on_identical_pair,
-                                on_long_prompt=on_long_prompt, source_name=source_name)
+    self.pairs = _tokenized(source, tokenizer, max_prompt_len=max_prompt_len,
+                            max_completion_len=max_completion_len,
+                            on_identical_pair=on_identical_pair,
+                            on_long_prompt=on_long_prompt, source_name=source_name)
     self.batch_size = batch_size
     if len(self.pairs) == 0:
       raise DataError(f"{self.pairs.source_name}: no usable pairs to evaluate "

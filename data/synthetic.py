@@ -71,6 +71,22 @@ def verify(prompt: str, completion: str) -> bool:
   return got == [str(d) for d in want]
 
 
+def score(prompt: str, completion: str) -> float:
+  """A graded rule-based reward in [0, 1]: 1 iff ``verify``, else partial credit.
+
+  Partial credit is the fraction of the sorted answer's digits that the completion has in
+  the right place, times ½ (so any wrong answer scores below any right one). Online rounds
+  use it as the preference oracle: responses of a weak policy are rarely right, and a 0/1
+  reward would leave most pairs tied.
+  """
+  if verify(prompt, completion):
+    return 1.0
+  want = [str(d) for d in sorted(parse_prompt(prompt))]
+  got = completion.split()
+  hits = sum(1 for w, g in zip(want, got) if w == g)
+  return 0.5 * hits / max(len(want), len(got))
+
+
 def _make_pair(rng: random.Random, min_digits: int, max_digits: int) -> dict | None:
   n = rng.randint(min_digits, max_digits)
   digits = [rng.randrange(10) for _ in range(n)]

@@ -20,6 +20,7 @@ import collections
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from typing import Callable
@@ -47,6 +48,7 @@ class Case:
   run: Callable[[str], str | None]
   expect: str             # a part of the message the tests require
   error: type | None = DataError  # None: no error, the returned log line holds `expect`
+  cli_args: tuple[str, ...] = ()  # command-line cases: the flags given to experiments.train
 
 
 # --------------------------------------------------------------------------
@@ -413,6 +415,9 @@ CONFIG_CASES = [
 # Command-line overrides: parsed by ml_collections' config flag as experiments/train.py does.
 
 
+CLI_CONFIG = "--config=configs/dpo.py:tiny"
+
+
 def _cli(*overrides: str):
   def run(scratch):
     del scratch
@@ -420,7 +425,7 @@ def _cli(*overrides: str):
     from ml_collections import config_flags
     from training import config_check
 
-    argv = ["train", f"--config={os.path.join(ROOT, 'configs', 'dpo.py')}:tiny", *overrides]
+    argv = ["train", CLI_CONFIG, *overrides]
     values = absl_flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
                                     sys_argv=argv)
@@ -429,26 +434,30 @@ def _cli(*overrides: str):
   return run
 
 
+def _cli_case(what: str, flag: str, expect: str, error: type) -> Case:
+  return Case("Command line", what, _cli(flag), expect, error, cli_args=(flag,))
+
+
 CLI_CASES = [
-    Case("Command line", "`--config.loss.bogus=1` (unknown key)", _cli("--config.loss.bogus=1"),
-         "'bogus'", AttributeError),
-    Case("Command line", "`--config.bogus.x=1` (unknown section)", _cli("--config.bogus.x=1"),
-         "'bogus'", KeyError),
-    Case("Command line", "`--config.loss.beta=abc` (wrong type)", _cli("--config.loss.beta=abc"),
-         "could not convert string to float: 'abc'", flags.IllegalFlagValueError),
-    Case("Command line", "`--config.batch_size=1.5` (wrong type)",
-         _cli("--config.batch_size=1.5"), "invalid literal for int()",
-         flags.IllegalFlagValueError),
-    Case("Command line", "`--config.progress_bar=maybe` (wrong type)",
-         _cli("--config.progress_bar=maybe"), "Non-boolean argument",
-         flags.IllegalFlagValueError),
-    Case("Command line", "`--config.loss=3` (a value for a whole section)",
-         _cli("--config.loss=3"), "is not a dict", flags.IllegalFlagValueError),
-    Case("Command line", "`--config.loss.beta=-1` (out of range)", _cli("--config.loss.beta=-1"),
-         "config.loss.beta must be > 0.0", ValueError),
-    Case("Command line", "`--config.data.buckets=abc` (parsed as the tuple ('abc',))",
-         _cli("--config.data.buckets=abc"), "config.data.buckets must be integer lengths",
-         ValueError),
+    _cli_case("`--config.loss.bogus=1` (unknown key)", "--config.loss.bogus=1", "'bogus'",
+              AttributeError),
+    _cli_case("`--config.bogus.x=1` (unknown section)", "--config.bogus.x=1", "'bogus'",
+              KeyError),
+    _cli_case("`--config.loss.beat=1` (a typo)", "--config.loss.beat=1",
+              'Did you mean "beta" instead of "beat"?', AttributeError),
+    _cli_case("`--config.loss.beta=abc` (wrong type)", "--config.loss.beta=abc",
+              "could not convert string to float: 'abc'", flags.IllegalFlagValueError),
+    _cli_case("`--config.batch_size=1.5` (wrong type)", "--config.batch_size=1.5",
+              "invalid literal for int()", flags.IllegalFlagValueError),
+    _cli_case("`--config.progress_bar=maybe` (wrong type)", "--config.progress_bar=maybe",
+              "Non-boolean argument", flags.IllegalFlagValueError),
+    _cli_case("`--config.loss=3` (a value for a whole section)", "--config.loss=3",
+              "is not a dict", flags.IllegalFlagValueError),
+    _cli_case("`--config.loss.beta=-1` (out of range)", "--config.loss.beta=-1",
+              "config.loss.beta must be > 0.0", ValueError),
+    _cli_case("`--config.data.buckets=abc` (parsed as the tuple ('abc',))",
+              "--config.data.buckets=abc", "config.data.buckets must be integer lengths",
+              ValueError),
 ]
 
 CASES = DATA_CASES + PIPELINE_CASES + CONFIG_CASES + CLI_CASES
@@ -471,13 +480,18 @@ def run_case(case: Case, scratch: str) -> tuple[str, str]:
   return "", (logged or "").replace(d, "DIR")
 
 
-def seen_as(error: str) -> str:
-  """What `python -m experiments.train` shows for a command-line case raising ``error``."""
-  if error == "IllegalFlagValueError":  # absl prints these without a traceback
-    return "`FATAL Flags parsing error: ...`, exit 1"
-  if error in ("AttributeError", "KeyError"):
-    return "a traceback ending in this error, exit 1"
-  return "the message as a usage error, exit 1"  # train.py turns ValueError into UsageError
+def seen_as(case: Case, scratch: str) -> str:
+  """What `python -m experiments.train` prints for a command-line case: its `error:` line
+  (or a note that there was a traceback) and its exit code."""
+  workdir = tempfile.mkdtemp(dir=scratch)
+  done = subprocess.run(
+      [sys.executable, "-m", "experiments.train", CLI_CONFIG, f"--workdir={workdir}/run",
+       *case.cli_args], cwd=ROOT, capture_output=True, text=True,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"), check=False)
+  if "Traceback" in done.stderr:
+    return f"a traceback, exit {done.returncode}"
+  lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+  return f"{code(' / '.join(lines) or '(nothing)')}, exit {done.returncode}"
 
 
 def cell(text: str) -> str:
@@ -491,14 +505,14 @@ def code(text: str) -> str:
   return f"{fence}{pad}{cell(text)}{pad}{fence}"
 
 
-def _table(cases, results, with_seen: bool) -> list[str]:
-  head = "| bad input | error | message |" + (" user sees |" if with_seen else "")
-  rule = "|---|---|---|" + ("---|" if with_seen else "")
+def _table(cases, results, seen: list[str] | None) -> list[str]:
+  head = "| bad input | error | message |" + (" user sees |" if seen else "")
+  rule = "|---|---|---|" + ("---|" if seen else "")
   rows = [head, rule]
-  for case, (error, message) in zip(cases, results):
+  for i, (case, (error, message)) in enumerate(zip(cases, results)):
     row = f"| {cell(case.what)} | {error or '—'} | {code(message)} |"
-    if with_seen:
-      row += f" {seen_as(error)} |"
+    if seen:
+      row += f" {seen[i]} |"
     rows.append(row)
   return rows
 
@@ -568,12 +582,17 @@ def render() -> str:
          "unless the row says otherwise."),
         ("### Command-line overrides (ml_collections)", CLI_CASES, True,
          "Parsed with `ml_collections.config_flags` exactly as `experiments/train.py` parses "
-         "them, then validated. Unknown keys are refused by ml_collections with an "
-         "`AttributeError`/`KeyError` traceback (not a one-line usage error)."),
+         "them, then validated; the error and message columns are what ml_collections, absl "
+         "or the config check raise. The last column is what `python -m experiments.train "
+         f"{CLI_CONFIG} --workdir=... FLAG` prints to stderr, run for real: its flag parser "
+         "and main turn each of these into one `error:` line naming the flag or field, with "
+         "exit code 2 and no traceback. A `DataError` or `ConfigError` raised while the run "
+         "is built (a malformed record, say) is printed the same way."),
     ]
     for title, cases, with_seen, note in sections:
       results = [run_case(c, scratch) for c in cases]
-      out += [title, "", note, ""] + _table(cases, results, with_seen) + [""]
+      seen = [seen_as(c, scratch) for c in cases] if with_seen else None
+      out += [title, "", note, ""] + _table(cases, results, seen) + [""]
     out += _fuzz_section(scratch) + ["", END]
   return "\n".join(out) + "\n"
 

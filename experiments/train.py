@@ -4,12 +4,22 @@ r"""Trains a policy with any registered preference loss.
 
 Any config field can be overridden, e.g. `--config.loss.beta=0.2 --config.mesh.fsdp=2`.
 Re-running with the same workdir resumes from its newest checkpoint.
+
+A bad command line or input is refused with one line on stderr, `error: ...`, and exit code 2
+(no traceback): an override naming no config field (`--config.loss.bogus=1`) or of the wrong
+type (`--config.batch_size=abc`), a value `training.config_check` rejects, and a
+`data.DataError` (naming file, record and field) or `ConfigError` raised while the run is
+built. A `config.nonfinite="halt"` stop prints its report the same way, with exit code 1.
 """
 
+import difflib
 import json
+import re
+import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+from ml_collections import ConfigDict, config_flags
+from ml_collections.config_flags import config_path
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file[:preset].",
                                           lock_config=True)
@@ -23,6 +33,81 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
+_OVERRIDE = re.compile(r"--?(?:no)?config\.([^=]+)")  # ml_collections' override syntax
+
+
+def _fail(message, exit_code: int = 2):
+  """Ends the program with one line on stderr instead of a traceback or absl's help text.
+
+  A multi-line message (ml_collections embeds a traceback when a config file fails to load)
+  is cut to its first and last lines, which hold the flag and the cause.
+  """
+  lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+  text = " ... ".join(lines[:1] + lines[-1:]) if len(lines) > 1 else "".join(lines)
+  sys.stderr.write(f"error: {text}\n")
+  sys.exit(exit_code)
+
+
+def field_problem(config: ConfigDict, path: str) -> str | None:
+  """Why the override `--config.<path>` names no field of `config`; None when it does."""
+  node, name = config, "config"
+  for key in config_path.split(path):  # "data.buckets[0]" -> ("data", "buckets", 0)
+    if not isinstance(key, str):  # an index into a tuple or list field
+      if not isinstance(node, (tuple, list)) or not -len(node) <= key < len(node):
+        return f"{name} is {node!r}, which has no item [{key!r}]"
+      node, name = node[key], f"{name}[{key!r}]"
+    elif not isinstance(node, ConfigDict):
+      return f"{name} is {node!r}, not a section with fields"
+    elif key not in node:
+      fields = list(node.keys())
+      close = difflib.get_close_matches(key, fields, n=1)
+      hint = f" (did you mean {close[0]}?)" if close else ""
+      return f"no such config field{hint}; fields of {name}: {', '.join(fields)}"
+    else:
+      node, name = node[key], f"{name}.{key}"
+  return None
+
+
+def _unknown_override(argv) -> str | None:
+  """The first `--config.*` override in argv that names no field, as an error line.
+
+  ml_collections raises a bare AttributeError/KeyError/IndexError holding only the last
+  key, so the config file is loaded again here, without the overrides, and each override
+  looked up in it.
+  """
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None:  # `--config FILE` in two words
+    spec = next((b for a, b in zip(argv, argv[1:]) if a == "--config"), None)
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
+                                  sys_argv=argv[:1])  # an argv without the overrides
+  try:
+    values([argv[0], f"--config={spec}"])
+  except flags.Error:
+    return None
+  if not isinstance(values.config, ConfigDict):  # the file did not load
+    return None
+  for arg in argv[1:]:
+    match = _OVERRIDE.match(arg)
+    problem = match and field_problem(values.config, match.group(1))
+    if problem:
+      return f"--config.{match.group(1)}: {problem}"
+  return None
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with one-line errors for a bad `--config` or `--config.*` flag."""
+  try:
+    argv = flags.FLAGS(argv)
+    _CONFIG.value.get  # ml_collections defers a config file's load error to its first use
+    return argv
+  except flags.Error as e:  # wrong types (absl's message names the flag), missing flags
+    _fail(e)
+  except OSError as e:  # the config file does not load
+    _fail(f"--config: {e}")
+  except (AttributeError, KeyError, IndexError) as e:  # ml_collections: no such field
+    _fail(_unknown_override(argv) or f"a --config.* override cannot be applied: {e!r}")
+
 
 def main(argv):
   if len(argv) > 1:
@@ -32,23 +117,29 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
-  from training import config_check, loop  # after flag parsing: keeps --help fast
+  from data.errors import DataError  # after flag parsing: keeps --help fast
+  from training import config_check, loop
 
   try:  # bad values are refused here, before any data is read or any compute starts
     config_check.validate(_CONFIG.value)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
-  summary = loop.train(_CONFIG.value, _WORKDIR.value)
+  except ValueError as e:  # ConfigError, or the algorithm's own ValueError
+    _fail(e)
+  try:
+    summary = loop.train(_CONFIG.value, _WORKDIR.value)
+  except (DataError, config_check.ConfigError) as e:  # a bad record found while building
+    _fail(e)
+  except loop.NonFiniteError as e:  # config.nonfinite="halt": the message is the report
+    _fail(e, exit_code=1)
   first = summary.get("first_eval", {})
   final = summary.get("final_eval", {})
   for label, metrics in (("step 0", first), (f"step {summary['final_step']}", final)):
-    if metrics:
-      print(f"eval at {label}: loss={metrics['eval/loss']:.4f} "
-            f"rewards/accuracies={metrics['eval/rewards/accuracies']:.3f} "
-            f"rewards/margins={metrics['eval/rewards/margins']:.4f}")
+    shown = [k for k in ("loss", "rewards/accuracies", "rewards/margins", "verifier_reward")
+             if f"eval/{k}" in metrics]
+    if shown:
+      print(f"eval at {label}: " + " ".join(f"{k}={metrics[f'eval/{k}']:.4f}" for k in shown))
   logging.info("summary: %s", json.dumps({k: v for k, v in summary.items() if k != "state"},
                                          default=str))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

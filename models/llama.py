@@ -6,7 +6,8 @@ embeddings (HF "rotate-half" convention), grouped-query attention and a
 SwiGLU MLP, in pre-norm residual blocks.
 
 Shape letters used in names and comments:
-  B batch, T query length, S key length (= T, no KV cache), D hidden_size,
+  B batch, T query length, S key length (= T, or the KV-cache length when
+  decoding), D hidden_size,
   F intermediate_size, V vocab_size, N num_heads, K num_kv_heads,
   G = N // K query heads per kv head, H head_dim.
 
@@ -143,26 +144,60 @@ class Attention(nnx.Module):
       y = y + b[...].astype(self.dtype)
     return y
 
-  def __call__(self, x, cos, sin, mask):
-    """x [B, T, D]; cos/sin [B, T, H]; mask [B, T, S] bool -> [B, T, D]."""
+  def _qkv(self, x, cos, sin):
+    """x [B, T, D] -> q [B, T, K, G, H] and k, v [B, T, K, H], RoPE applied."""
     q = self._project(x, self.q_proj, self.q_bias)
     k = self._project(x, self.k_proj, self.k_bias)
     v = self._project(x, self.v_proj, self.v_bias)
     q = apply_rope(q, cos, sin)  # [B, T, N, H]
-    k = apply_rope(k, cos, sin)  # [B, S, K, H]
-
+    k = apply_rope(k, cos, sin)  # [B, T, K, H]
     b, t, n, h = q.shape
     # Group query heads by the kv head they share: [B, T, K, G, H]. HF's
     # repeat_kv puts query head n on kv head n // G, which this matches.
     q = q.reshape(b, t, self.num_kv_heads, n // self.num_kv_heads, h)
+    return q, k, v
+
+  def _output(self, out):
+    """Attention output [B, T, K, G, H] -> [B, T, D] through o_proj."""
+    b, t, k, g, h = out.shape
+    out = out.reshape(b, t, k * g, h)
+    return jnp.einsum('btnh,nhd->btd', out, self.o_proj[...].astype(self.dtype))
+
+  def __call__(self, x, cos, sin, mask):
+    """x [B, T, D]; cos/sin [B, T, H]; mask [B, T, S] bool -> [B, T, D]."""
+    q, k, v = self._qkv(x, cos, sin)
     # Scores and softmax in float32 (stable even with bf16 compute), masked
     # with a finite minimum; see models/kernels.py for both variants.
     if self.impl == 'custom_vjp':
       out = kernels.attention(q, k, v, mask, self.query_blocks)
     else:
       out = kernels.attention_reference(q, k, v, mask)  # [B, T, K, G, H]
-    out = out.reshape(b, t, n, h)
-    return jnp.einsum('btnh,nhd->btd', out, self.o_proj[...].astype(self.dtype))
+    return self._output(out)
+
+  def cached(self, x, cos, sin, mask, cache, index):
+    """Attention for T new tokens against a KV cache (inference only).
+
+    The new keys/values are written at cache slots [index, index + T), then
+    the queries attend over all S slots (the plain formula: no gradients are
+    needed, and the custom kernel's causal blocking assumes T == S).
+
+    Args:
+      x: [B, T, D] inputs of the new tokens.
+      cos, sin: [B, T, H] RoPE tables at the new tokens' positions.
+      mask: [B, T, S] bool, True where a new token may attend to a slot.
+      cache: (k, v), each [B, S, K, H] in the compute dtype.
+      index: int scalar (may be traced), the first slot written.
+
+    Returns:
+      ([B, T, D], the updated (k, v) cache).
+    """
+    q, k, v = self._qkv(x, cos, sin)
+    k_cache, v_cache = cache
+    start = (0, index, 0, 0)
+    k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
+    v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
+    out = kernels.attention_reference(q, k_cache, v_cache, mask)
+    return self._output(out), (k_cache, v_cache)
 
 
 class MLP(nnx.Module):
@@ -198,6 +233,12 @@ class Block(nnx.Module):
   def __call__(self, x, cos, sin, mask):  # x [B, T, D] -> [B, T, D]
     x = x + self.attn(self.input_norm(x), cos, sin, mask)
     return x + self.mlp(self.post_attn_norm(x))
+
+  def cached(self, x, cos, sin, mask, cache, index):
+    """`__call__` with a KV cache (see Attention.cached) -> (x, cache)."""
+    a, cache = self.attn.cached(self.input_norm(x), cos, sin, mask, cache, index)
+    x = x + a
+    return x + self.mlp(self.post_attn_norm(x)), cache
 
 
 def _run_block(block: Block, x, cos, sin, mask):
@@ -292,6 +333,56 @@ class Transformer(nnx.Module):
     for block in self.layers:
       x = block_fn(block, x, cos, sin, mask)
     return self.final_norm(x)
+
+  # --------------------------------------------------------------------------
+  # Incremental decoding (sampling). The training path above never uses it.
+
+  def init_cache(self, batch_size: int, max_len: int):
+    """An empty KV cache: per layer (k, v), each [B, S=max_len, K, H] zeros.
+
+    A plain tuple pytree (not NNX state), so it can be carried through
+    `jax.lax.scan` / `while_loop` and handed back by `cached_hidden_states`.
+    """
+    cfg = self.config
+    shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+    zeros = jnp.zeros(shape, cfg.compute_dtype)
+    return tuple((zeros, zeros) for _ in range(cfg.num_layers))
+
+  def cached_hidden_states(self, input_ids, *, positions, cache, index,
+                           key_mask):
+    """Final-norm hidden states of T new tokens, reading and filling a cache.
+
+    The tokens occupy cache slots [index, index + T). New token t (slot
+    index + t) attends to slot s iff s <= index + t and key_mask[b, s]: the
+    same causal, key-padded mask as `hidden_states`, so prefilling a prompt
+    and then feeding one token per call reproduces the full forward.
+
+    Args:
+      input_ids: [B, T] int token ids.
+      positions: [B, T] int RoPE positions (with left padding, positions
+        count real tokens only, as `default_positions` does in training).
+      cache: from `init_cache` (or a previous call), S slots per layer.
+      index: int scalar (may be traced): the slot of input_ids[:, 0].
+      key_mask: [B, S], nonzero for slots holding real tokens.
+
+    Returns:
+      (hidden [B, T, D] in the compute dtype, the updated cache).
+    """
+    cfg = self.config
+    t = input_ids.shape[1]
+    s = cache[0][0].shape[1]
+    slots = jnp.arange(s)
+    query_slots = index + jnp.arange(t)
+    mask = (slots[None, :] <= query_slots[:, None])[None]  # [1, T, S]
+    mask = mask & (key_mask[:, None, :] != 0)  # [B, T, S]
+    cos, sin = rope_cos_sin(positions, rope_inv_freq(cfg))
+    x = jnp.take(self.embedding[...], input_ids, axis=0)
+    x = x.astype(cfg.compute_dtype)  # [B, T, D]
+    new_cache = []
+    for block, layer_cache in zip(self.layers, cache):
+      x, layer_cache = block.cached(x, cos, sin, mask, layer_cache, index)
+      new_cache.append(layer_cache)
+    return self.final_norm(x), tuple(new_cache)
 
   def unembed(self, h):
     """Hidden states [..., D] -> logits [..., V] float32."""

@@ -478,15 +478,25 @@ def test_left_right_and_extra_padding_give_the_same_loss(micro):
 
 
 def _random_inputs(key, pairs=8, length=12):
-  keys = jax.random.split(key, 6)
+  """Every LossInputs field filled, so any registered loss finds what it reads."""
+  keys = jax.random.split(key, 16)
   lengths = jax.random.randint(keys[0], (2, pairs), 2, length)
   masks = (jnp.arange(length)[None, None, :] < lengths[..., None]).astype(jnp.float32)
   masks = masks.at[..., 0].set(0.0)
   logps = lambda k: -jax.random.uniform(k, (pairs, length), minval=0.1, maxval=3.0)
+  unit = lambda k, shape: jax.random.uniform(k, shape)
   return algorithms.LossInputs(
       policy_chosen_logps=logps(keys[1]), policy_rejected_logps=logps(keys[2]),
       chosen_mask=masks[0], rejected_mask=masks[1], ref_chosen_logps=logps(keys[3]),
-      ref_rejected_logps=logps(keys[4]))
+      ref_rejected_logps=logps(keys[4]), prev_chosen_logps=logps(keys[5]),
+      prev_rejected_logps=logps(keys[6]), preference_probs=unit(keys[7], (pairs,)),
+      chosen_scores=unit(keys[8], (pairs,)), rejected_scores=-unit(keys[9], (pairs,)),
+      chosen_token_rewards=(unit(keys[10], (pairs, length)) - 0.5) * masks[0],
+      rejected_token_rewards=(unit(keys[11], (pairs, length)) - 0.5) * masks[1],
+      chosen_labels=jnp.ones((pairs,)), rejected_labels=jnp.zeros((pairs,)),
+      chosen_values=jax.random.normal(keys[12], (pairs, 4)),
+      rejected_values=jax.random.normal(keys[13], (pairs, 4)),
+      advantages=jax.random.normal(keys[14], (pairs, length)) * masks[0])
 
 
 def _micro_batches(inputs, k):
@@ -494,10 +504,17 @@ def _micro_batches(inputs, k):
   return [jax.tree.map(lambda x: x[i::k], inputs) for i in range(k)]
 
 
-def _policy_grad(loss_fn, inputs):
+def _trained_fields(algorithm) -> tuple[str, str]:
+  """The LossInputs fields a loss differentiates: head outputs or policy log-probs."""
+  if algorithm.requirements.head != "lm":
+    return "chosen_values", "rejected_values"
+  return "policy_chosen_logps", "policy_rejected_logps"
+
+
+def _policy_grad(loss_fn, inputs, fields=("policy_chosen_logps", "policy_rejected_logps")):
   def f(chosen, rejected):
-    return loss_fn(inputs.replace(policy_chosen_logps=chosen, policy_rejected_logps=rejected))
-  return jax.grad(f, argnums=(0, 1))(inputs.policy_chosen_logps, inputs.policy_rejected_logps)
+    return loss_fn(inputs.replace(**{fields[0]: chosen, fields[1]: rejected}))
+  return jax.grad(f, argnums=(0, 1))(getattr(inputs, fields[0]), getattr(inputs, fields[1]))
 
 
 def _interleave(parts, k):
@@ -507,23 +524,39 @@ def _interleave(parts, k):
   return out
 
 
+def _with_token_share(micro, inputs, k):
+  """What the step gives each micro-batch: the whole batch's chosen-token count / k."""
+  count = algorithms.chosen_token_count(inputs) / k
+  return [m.replace(chosen_token_count=count) for m in micro]
+
+
 @pytest.mark.parametrize("name", algorithms.registered_names())
 def test_accumulation_average_is_exact_for_every_registered_loss(name):
-  """Every loss is a pair mean: the mean of k micro-batch gradients is the big-batch one."""
+  """The mean of k micro-batch gradients is the big-batch one, for pair means and, with the
+  step's whole-batch token share, for token means (sft, SimPO's sft term, PRIME)."""
   algorithm, cfg, k = algorithms.get_algorithm(name), micro_config().loss, 4
+  if name == "gpm":
+    cfg.preference_tau = 1.0
+  if name == "simpo":
+    cfg.sft_weight = 0.5  # the token-mean term
   inputs = _random_inputs(jax.random.key(0))
+  if algorithm.requirements.head == "bt_reward":  # one scalar reward per response
+    inputs = inputs.replace(chosen_values=inputs.chosen_values[:, :1],
+                            rejected_values=inputs.rejected_values[:, :1])
   loss_fn = lambda x: algorithm.loss_fn(x, cfg)[0]
-  full = _policy_grad(loss_fn, inputs)
-  micro = [_policy_grad(loss_fn, m) for m in _micro_batches(inputs, k)]
+  fields = _trained_fields(algorithm)
+  full = _policy_grad(loss_fn, inputs, fields)
+  micro = _with_token_share(_micro_batches(inputs, k), inputs, k)
+  grads = [_policy_grad(loss_fn, m, fields) for m in micro]
   for side in range(2):
-    averaged = _interleave([g[side] / k for g in micro], k)
+    averaged = _interleave([g[side] / k for g in grads], k)
     np.testing.assert_allclose(averaged, full[side], rtol=1e-5, atol=1e-7)
 
 
 def test_a_token_mean_term_needs_token_weighted_accumulation():
-  """SimPO's sft term averages over all chosen tokens of the batch: the step's plain
-  average of micro-batch gradients is not the big-batch gradient; weighting each
-  micro-batch by its share of the tokens is."""
+  """Why the step passes `chosen_token_count`: a token mean computed per micro-batch (each
+  dividing by its own token count) does not average to the big-batch gradient; weighting
+  each micro-batch by its share of the tokens does."""
   inputs, k = _random_inputs(jax.random.key(1)), 4
   token_mean = chosen_nll
 

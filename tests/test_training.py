@@ -45,9 +45,14 @@ def test_first_step_loss_is_log2_and_metrics_have_trl_names(tmp_path, tfds_dir):
   assert np.isfinite(metrics["grad_norm"]) and metrics["grad_norm"] > 0
 
 
-def test_gradient_accumulation_equals_the_large_batch(tmp_path, tfds_dir):
-  one = loop.build(micro_config(**{"data.data_dir": tfds_dir}), str(tmp_path / "a"))
-  four = loop.build(micro_config(**{"data.data_dir": tfds_dir, "grad_accum_steps": 4}),
+@pytest.mark.parametrize("loss", [{"loss.name": "dpo"},
+                                  {"loss.name": "simpo", "loss.beta": 2.0, "loss.sft_weight": 1.0},
+                                  {"loss.name": "sft"}],
+                         ids=["dpo", "simpo_sft_term", "sft"])
+def test_gradient_accumulation_equals_the_large_batch(tmp_path, tfds_dir, loss):
+  """Pair means (dpo) and token means (SimPO's sft term, sft) alike."""
+  one = loop.build(micro_config(**{"data.data_dir": tfds_dir}, **loss), str(tmp_path / "a"))
+  four = loop.build(micro_config(**{"data.data_dir": tfds_dir, "grad_accum_steps": 4}, **loss),
                     str(tmp_path / "b"))
   state_one, hist_one = _run_steps(one, 2)
   state_four, hist_four = _run_steps(four, 2)

@@ -110,6 +110,9 @@ def dataset_fingerprint(batcher) -> str:
     pair = batcher.pairs[i]
     h.update(np.int64(pair.example_id).tobytes())
     for ids in (pair.prompt, pair.chosen, pair.rejected):
+      if ids is None:  # a single response (no rejected side)
+        h.update(np.int64(-1).tobytes())
+        continue
       h.update(np.int64(len(ids)).tobytes())
       h.update(np.ascontiguousarray(ids, np.int32).tobytes())
   return h.hexdigest()[:16]

@@ -123,6 +123,40 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
   _check_data_modes(d)
   _check_data_source(config)
   _check_model_source(config)
+  _check_algorithm_needs(config, algorithm.requirements, process_count)
+
+
+def _check_algorithm_needs(config, needs, process_count: int):
+  """What the algorithm's Requirements ask of the run: heads, an online round."""
+  if needs.head == "gpm":
+    k2 = config.preference_model.value_dim
+    _require(isinstance(k2, int) and k2 >= 2 and k2 % 2 == 0,
+             f"config.preference_model.value_dim must be an even number >= 2 (the GPM "
+             f"embedding is k 2x2 blocks), got {k2!r}")
+  if not needs.online:
+    return
+  o = config.online
+  _require(process_count == 1, "online algorithms run on one process for now (the round "
+           "samples on process 0's devices); use a single-host mesh")
+  _require(config.reference.mode == "in_step", "config.reference.mode='precomputed' does "
+           "not apply to online algorithms: their data is sampled at the start of the run")
+  _require(o.scorer == "verifier" and not config.data.path,
+           f"config.online.scorer={o.scorer!r} with config.data.path={config.data.path!r}: "
+           "the online round scores with the built-in task's verifier only (scorer "
+           "'verifier', data.path '') for now")
+  for field in ("num_prompts", "max_new_tokens", "eval_prompts"):
+    _require(o[field] >= 1, f"config.online.{field} must be >= 1, got {o[field]}")
+  _require(o.num_samples >= 2, f"config.online.num_samples must be >= 2 (pairs and "
+           f"leave-one-out baselines need two responses), got {o.num_samples}")
+  _require(o.temperature >= 0, f"config.online.temperature must be >= 0, got {o.temperature}")
+  _require(o.sft_steps >= 0, f"config.online.sft_steps must be >= 0, got {o.sft_steps}")
+  low, high = o.accuracy_range
+  _require(0 <= low <= high <= 1,
+           f"config.online.accuracy_range must be 0 <= low <= high <= 1, got {o.accuracy_range}")
+  _require(o.max_new_tokens <= config.data.max_completion_len,
+           f"config.online.max_new_tokens={o.max_new_tokens} must be <= "
+           f"config.data.max_completion_len={config.data.max_completion_len} (the sampled "
+           "responses are batched like the data's completions)")
 
 
 def _check_data_modes(d):

@@ -27,6 +27,7 @@ from data import tfds_builders
 from data.tokenizer import load_tokenizer
 import models
 from training import config_check
+from training import online
 from training.checkpoint import Checkpointer, data_position_fn
 from training.mesh import batch_sharding, make_mesh, put_batch, replicated
 from training.metrics import MetricsWriter, plot_curves, read_metrics
@@ -89,19 +90,36 @@ def model_config(config) -> models.ModelConfig:
   return models.ModelConfig(**{k: v for k, v in m.to_dict().items() if k in fields})
 
 
-def init_params(config, mesh):
-  """(graphdef, params) with params created directly in their shardings on the mesh."""
+def _with_head(config, head: str, backbone):
+  """`backbone` (a Transformer) as is for head "lm", else inside a reward / preference model."""
+  if head == "lm":
+    return backbone
+  from models.heads import PreferenceModel  # local: only reward-model runs need it
+  pm = config.preference_model
+  return PreferenceModel(backbone, value_dim=1 if head == "bt_reward" else pm.value_dim,
+                         normalize=pm.normalize and head == "gpm",
+                         prompt_head=pm.prompt_head and head == "gpm",
+                         rngs=nnx.Rngs(params=config.seed + 1))
+
+
+def init_params(config, mesh, head: str = "lm"):
+  """(graphdef, params) with params created directly in their shardings on the mesh.
+
+  `head` ("lm", "bt_reward", "gpm": the algorithm's Requirements.head) puts a reward or
+  preference head on the decoder (models/heads.py).
+  """
   mcfg = model_config(config)
   if config.model.init_from:
-    model = models.from_hf(config.model.init_from, dtype=mcfg.dtype,
-                           param_dtype=mcfg.param_dtype, remat=mcfg.remat)
+    model = _with_head(config, head, models.from_hf(
+        config.model.init_from, dtype=mcfg.dtype, param_dtype=mcfg.param_dtype,
+        remat=mcfg.remat))
     graphdef, state = nnx.split(model, nnx.Param)
     specs = models.param_partition_specs(state, mesh)
     params = jax.device_put(nnx.to_pure_dict(state), _shardings(mesh, specs))
     return graphdef, params
 
   def create():
-    return models.Transformer(mcfg, rngs=nnx.Rngs(params=config.seed))
+    return _with_head(config, head, models.Transformer(mcfg, rngs=nnx.Rngs(params=config.seed)))
 
   graphdef, abstract_state = nnx.split(nnx.eval_shape(create), nnx.Param)
   specs = models.param_partition_specs(abstract_state, mesh)
@@ -173,11 +191,16 @@ def build(config, workdir: str) -> Experiment:
                        (config.data.eval_split, eval_stats)):
     logging.info("data split %r: %s", split, stats.summary())
 
-  graphdef, params = init_params(config, mesh)
+  needs = algorithm.requirements
+  graphdef, params = init_params(config, mesh, needs.head)
   ref_params = None
-  if algorithm.requirements.reference:
+  if needs.reference or needs.previous_policy:
     # A copy, not an alias: the train step donates the policy params.
     ref_params = jax.tree.map(jnp.copy, params)
+  if needs.token_rewards:
+    from training.token_rewards import add_token_rewards  # local: T-REG only
+    for batches in (batcher, eval_batches):
+      batches.pairs = add_token_rewards(batches.pairs, graphdef, ref_params, tokenizer, config)
   schedule = learning_rate_schedule(config.optimizer, config.total_steps)
   optimizer = make_optimizer(config.optimizer, config.total_steps)
   param_sharding = jax.tree.map(lambda x: x.sharding, params)
@@ -277,7 +300,49 @@ class _StopRequest:
 
 
 def _tokens(batch) -> int:
-  return int(np.sum(batch["chosen_attention_mask"]) + np.sum(batch["rejected_attention_mask"]))
+  return int(sum(np.sum(v) for k, v in batch.items() if k.endswith("_attention_mask")))
+
+
+def sft_warmup(exp: Experiment) -> None:
+  """`config.online.sft_steps` steps of SFT on the train split's chosen responses.
+
+  Deterministic (same seed, data and steps give the same params), so a resumed online run
+  recomputes the same SFT policy for its reference and π_t instead of storing it.
+  """
+  config = exp.config
+  steps = config.online.sft_steps
+  sft = algorithms.get_algorithm("sft")
+  opt_cfg = config.optimizer.copy_and_resolve_references()
+  opt_cfg.learning_rate = config.online.sft_learning_rate
+  opt_cfg.warmup_steps = min(opt_cfg.warmup_steps, steps)
+  schedule = learning_rate_schedule(opt_cfg, steps)
+  optimizer = make_optimizer(opt_cfg, steps)
+  step_fn = jax.jit(make_train_step(exp.graphdef, sft, config.loss, optimizer, schedule))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=exp.state.params,
+                     opt_state=optimizer.init(exp.state.params),
+                     skipped_steps=jnp.zeros((), jnp.int32))
+  for step in range(steps):
+    state, metrics = step_fn(state, None, put_batch(exp.train_batches.batch(step), exp.mesh))
+  logging.info("SFT warm-up: %d steps, last loss %.4f", steps, float(metrics["sft_loss"]))
+  params = jax.device_put(state.params, jax.tree.map(lambda x: x.sharding, exp.state.params))
+  exp.state = exp.state.replace(params=params)
+  exp.ref_params = jax.tree.map(jnp.copy, params)
+
+
+def start_online_round(exp: Experiment, workdir: str) -> None:
+  """Replaces the experiment's training batches with one online round's samples."""
+  if exp.config.online.sft_steps:
+    sft_warmup(exp)
+  pairs = online.run_round(exp.algorithm.name, exp.graphdef, exp.state.params, exp.ref_params,
+                           exp.train_source, exp.tokenizer, exp.config, workdir)
+  exp.train_batches = make_batcher(exp.config, exp.tokenizer, pairs)
+
+
+def evaluate_online(exp: Experiment, params) -> dict:
+  """Mean verifier reward of greedy responses to held-out prompts."""
+  return {"eval/verifier_reward": online.sample_accuracy(
+      exp.graphdef, params, exp.eval_source, exp.tokenizer, exp.config,
+      num_prompts=exp.config.online.eval_prompts)}
 
 
 def _checkpoint(checkpointer: Checkpointer, writer: MetricsWriter, step: int, state, *,
@@ -304,10 +369,13 @@ def train(config, workdir: str, *, stop_at: int | None = None) -> dict:
     raise ValueError("config.reference.mode='precomputed' supports one process for now; use "
                      "'in_step' on multi-host runs")
   exp = build(config, workdir)
+  needs = exp.algorithm.requirements
+  if needs.online:
+    start_online_round(exp, workdir)
   mesh, state = exp.mesh, exp.state
   ref_params = exp.ref_params
   train_cache = eval_cache = None
-  if exp.algorithm.requirements.reference and config.reference.mode == "precomputed":
+  if ref_params is not None and config.reference.mode == "precomputed":
     train_cache, eval_cache = _reference_cache(exp, workdir)
     ref_params = None  # the step never sees the reference weights
   exp.ref_params = None
@@ -316,7 +384,14 @@ def train(config, workdir: str, *, stop_at: int | None = None) -> dict:
   train_step = jax.jit(make_train_step_for(exp),
                        in_shardings=(exp.state_sharding, ref_sharding, batch_sharding(mesh)),
                        out_shardings=(exp.state_sharding, replicated(mesh)), donate_argnums=(0,))
-  eval_fn = jax.jit(make_eval_step(exp.graphdef, exp.algorithm, config.loss))
+  if needs.online:
+    # Online losses need targets only a round provides (GPO's scores, PRIME's advantages):
+    # held-out quality is measured by sampling instead.
+    evaluate_split = lambda params: evaluate_online(exp, params)  # noqa: E731
+  else:
+    eval_fn = jax.jit(make_eval_step(exp.graphdef, exp.algorithm, config.loss))
+    evaluate_split = lambda params: evaluate(exp, eval_fn, params, ref_params,  # noqa: E731
+                                             eval_cache)
 
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                               keep=config.keep_checkpoints, save_every=config.checkpoint_every,
@@ -334,7 +409,7 @@ def train(config, workdir: str, *, stop_at: int | None = None) -> dict:
                              progress_bar=config.progress_bar)
       summary = {"start_step": start}
       if start == 0:
-        writer.write(0, evaluate(exp, eval_fn, state.params, ref_params, eval_cache))
+        writer.write(0, evaluate_split(state.params))
 
       step, metrics = start, {}
       last = config.total_steps if stop_at is None else min(stop_at, config.total_steps)
@@ -352,7 +427,7 @@ def train(config, workdir: str, *, stop_at: int | None = None) -> dict:
         if step % config.log_every == 0 or step == config.total_steps:
           logged.update(jax.device_get(metrics), skipped_steps=int(state.skipped_steps), **rates)
         if (config.eval_every and step % config.eval_every == 0) or step == config.total_steps:
-          logged.update(evaluate(exp, eval_fn, state.params, ref_params, eval_cache))
+          logged.update(evaluate_split(state.params))
         if logged:
           writer.write(step, logged)
         _checkpoint(checkpointer, writer, step, state, force=stop.requested)
@@ -370,7 +445,7 @@ def train(config, workdir: str, *, stop_at: int | None = None) -> dict:
                  final_metrics={k: float(np.asarray(v)) for k, v in metrics.items()},
                  skipped_steps=int(state.skipped_steps))
   if step == config.total_steps and jax.process_index() == 0:
-    evals = [r for r in read_metrics(workdir) if "eval/loss" in r]
+    evals = [r for r in read_metrics(workdir) if any(k.startswith("eval/") for k in r)]
     if evals:
       summary["first_eval"] = {k: v for k, v in evals[0].items() if k.startswith("eval/")}
       summary["final_eval"] = {k: v for k, v in evals[-1].items() if k.startswith("eval/")}

@@ -16,14 +16,11 @@ with explicit shardings over the mesh (pjit semantics):
 
 Gradient accumulation: the plain average of k micro-batch gradients equals the gradient of
 one batch k times larger exactly when the loss is a mean over PAIRS (micro-batches have
-equal sizes). The registered losses are: DPO-family losses are pair means of per-sequence
-sums, and the length-normalised ones (IPO with `ipo_average_logps`, SimPO) average tokens
-within each sequence before the pair mean. The exception is SimPO's optional `sft_weight`
-term, a cross-entropy averaged over all chosen tokens of the batch: with sft_weight > 0 and
-grad_accum_steps > 1 its gradient is the mean of per-micro-batch token means, which weights
-tokens of short micro-batches more than one large batch would. An exact token-averaged term
-needs each micro-batch weighted by its share of the batch's completion tokens
-(tests/test_resilience.py shows both).
+equal sizes): the DPO family, LD-DPO, DNO, INPO, GPO, T-REG, implicit PRM, GPM/BT. Losses
+that average over the TOKENS of the whole batch (`sft`, SimPO's `sft_weight` term, PRIME's
+PPO loss) divide by `LossInputs.chosen_token_count`, which the step sets to the whole batch's
+pair-weighted chosen-token count / k, so their micro-batch gradients average exactly too
+(tests/test_resilience.py checks every registered loss).
 """
 
 from __future__ import annotations
@@ -74,36 +71,101 @@ def advance_rng(rng: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
   return jax.random.key_data(carry), step_key
 
 
+def sides(batch) -> tuple[str, ...]:
+  """("chosen", "rejected") for pairs; ("chosen",) for single responses (PRIME's samples)."""
+  return ("chosen", "rejected") if "rejected_ids" in batch else ("chosen",)
+
+
+def _stacked(batch, key: str):
+  """The `{side}_{key}` arrays of every side, stacked on the batch axis: [S*B, ...]."""
+  return jnp.concatenate([batch[f"{side}_{key}"] for side in sides(batch)], axis=0)
+
+
+def _unstack(x, batch):
+  """Inverse of `_stacked`: (chosen part, rejected part or None)."""
+  num_rows = batch["chosen_ids"].shape[0]
+  return x[:num_rows], (x[num_rows:] if "rejected_ids" in batch else None)
+
+
 def pair_logps(graphdef, params, batch, *, chunk_size: int = 0):
-  """Policy log-probs for chosen and rejected in one forward: two [B, T] arrays."""
+  """Policy log-probs for chosen and rejected in one forward: two [B, T] arrays (the second
+  None for a batch of single responses)."""
   model = nnx.merge(graphdef, params)
-  ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], axis=0)  # [2B, T]
-  mask = jnp.concatenate(
-      [batch["chosen_attention_mask"], batch["rejected_attention_mask"]], axis=0)
-  logps = token_logps(model, ids, mask, chunk_size=chunk_size)  # [2B, T]
-  num_pairs = batch["chosen_ids"].shape[0]
-  return logps[:num_pairs], logps[num_pairs:]
+  logps = token_logps(model, _stacked(batch, "ids"), _stacked(batch, "attention_mask"),
+                      chunk_size=chunk_size)  # [2B, T]
+  return _unstack(logps, batch)
+
+
+def head_values(graphdef, params, batch):
+  """A reward / preference model's outputs for chosen and rejected in one forward.
+
+  Returns (chosen values [B, D], rejected values [B, D], prompt gates [B, k] or None); the
+  gates are read at the last prompt token (the token before the first completion token).
+  """
+  model = nnx.merge(graphdef, params)
+  loss_mask = _stacked(batch, "loss_mask")
+  prompt_last = jnp.maximum(jnp.argmax(loss_mask > 0, axis=-1) - 1, 0)  # [2B]
+  values, gates = model.values(_stacked(batch, "ids"), _stacked(batch, "attention_mask"),
+                               prompt_last_index=prompt_last)
+  chosen, rejected = _unstack(values, batch)
+  return chosen, rejected, None if gates is None else _unstack(gates, batch)[0]
+
+
+# Batch arrays (data.pipeline.PAIR_FIELDS / TOKEN_FIELDS) -> the LossInputs field they fill.
+_EXTRA_FIELDS = {
+    "preference_prob": "preference_probs",
+    "chosen_score": "chosen_scores",
+    "rejected_score": "rejected_scores",
+    "chosen_label": "chosen_labels",
+    "rejected_label": "rejected_labels",
+    "chosen_token_rewards": "chosen_token_rewards",
+    "rejected_token_rewards": "rejected_token_rewards",
+    "chosen_advantages": "advantages",
+}
 
 
 def loss_inputs(graphdef, params, ref_params, batch, algorithm: Algorithm, *,
                 chunk_size: int = 0) -> LossInputs:
-  """Runs exactly the forward passes `algorithm` asks for and packs their results."""
+  """Runs exactly the forward passes `algorithm` asks for and packs their results.
+
+  The frozen model `ref_params` serves both the reference and the previous iterate π_t: in
+  one online round both are the policy the run started from (the multi-round loop that moves
+  π_t is experiments/iterate.py's job). Precomputed reference log-probs in the batch replace
+  its forward pass.
+  """
+  needs = algorithm.requirements
+  extras = {field: batch[key] for key, field in _EXTRA_FIELDS.items() if key in batch}
+  if needs.outcome_labels and "chosen_label" not in batch and "rejected_ids" in batch:
+    # Preference pairs without labels: the chosen answer is the correct one.
+    ones = jnp.ones(batch["chosen_ids"].shape[:1], jnp.float32)
+    extras.update(chosen_labels=ones, rejected_labels=jnp.zeros_like(ones))
+  masks = dict(chosen_mask=batch["chosen_loss_mask"],
+               rejected_mask=batch.get("rejected_loss_mask"),
+               pair_weights=batch.get("weight"),
+               chosen_token_count=batch.get("chosen_token_count"), **extras)
+  if needs.head != "lm":
+    chosen, rejected, gates = head_values(graphdef, params, batch)
+    return LossInputs(policy_chosen_logps=None, policy_rejected_logps=None,
+                      chosen_values=chosen, rejected_values=rejected, preference_gates=gates,
+                      **masks)
   policy_chosen, policy_rejected = pair_logps(graphdef, params, batch, chunk_size=chunk_size)
-  ref_chosen = ref_rejected = None
-  if algorithm.requirements.reference:
+  frozen = (None, None)
+  if needs.reference or needs.previous_policy:
     if "ref_chosen_logps" in batch:
-      ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+      frozen = batch["ref_chosen_logps"], batch.get("ref_rejected_logps")
     else:
-      ref_chosen, ref_rejected = jax.lax.stop_gradient(
+      frozen = jax.lax.stop_gradient(
           pair_logps(graphdef, ref_params, batch, chunk_size=chunk_size))
+  ref = frozen if needs.reference else (None, None)
+  prev = frozen if needs.previous_policy else (None, None)
   return LossInputs(
       policy_chosen_logps=policy_chosen,
       policy_rejected_logps=policy_rejected,
-      chosen_mask=batch["chosen_loss_mask"],
-      rejected_mask=batch["rejected_loss_mask"],
-      ref_chosen_logps=ref_chosen,
-      ref_rejected_logps=ref_rejected,
-      pair_weights=batch.get("weight"),
+      ref_chosen_logps=ref[0],
+      ref_rejected_logps=ref[1],
+      prev_chosen_logps=prev[0],
+      prev_rejected_logps=prev[1],
+      **masks,
   )
 
 
@@ -132,6 +194,13 @@ def make_train_step(graphdef, algorithm: Algorithm, loss_cfg, optimizer, schedul
       return jnp.swapaxes(x, 0, 1)
 
     micro_batches = jax.tree.map(split, batch)
+    # Token-averaged losses divide by the whole batch's share of chosen tokens, so that the
+    # mean of the micro-batch gradients is the whole batch's (LossInputs.chosen_token_count).
+    tokens = jnp.sum(batch["chosen_loss_mask"].astype(jnp.float32), axis=-1)
+    if "weight" in batch:
+      tokens = tokens * batch["weight"].astype(jnp.float32)
+    micro_batches["chosen_token_count"] = jnp.full(
+        (grad_accum_steps,), jnp.sum(tokens) / grad_accum_steps)
 
     def accumulate(carry, micro):
       (loss, metrics), grads = grad_fn(params, ref_params, micro)

@@ -1,0 +1,22 @@
+"""INPO (Zhang et al. 2025, "Iterative Nash Policy Optimization", arXiv 2407.00617, Eq. 9):
+no-regret self-play against π_t with KL regularisation τ towards π_ref.
+
+Presets (`--config=configs/inpo.py:PRESET`):
+  tiny  one online round on the built-in task (configs/online.py). The paper's η = 0.0075
+        targets log-ratio gaps of 1/(2η) = 67 nats, far too large for a model trained for a
+        minute; tiny uses η = 0.5 (target 1) with the paper's τ/η = 1/3.
+"""
+
+from configs import base, online
+
+def tiny(config):
+  online.tiny_round(config)
+  config.loss.update(inpo_eta=0.5, inpo_ratio=1.0 / 3.0)
+  return config
+
+
+PRESETS = {"tiny": tiny}
+
+
+def get_config(preset: str = "tiny"):
+  return base.algorithm_config("inpo", preset, PRESETS)

@@ -1,0 +1,23 @@
+"""PRIME (Cui et al. 2025, "Process Reinforcement through Implicit Rewards", arXiv
+2502.01456, Sec. 3): PPO-clip policy updates on RLOO advantages from outcome (verifier)
+rewards and an implicit PRM's process rewards.
+
+Presets (`--config=configs/prime.py:PRESET`):
+  tiny  one online round on the built-in task (configs/online.py): 256 prompts x 4 samples,
+        prompts with accuracy in [0.2, 0.8] kept, clip 0.2. The implicit PRM starts as the
+        SFT policy, so in this first round its process rewards are 0.
+"""
+
+from configs import base, online
+
+def tiny(config):
+  online.tiny_round(config)
+  config.loss.update(ppo_clip=0.2, prime_rloo_form="code")
+  return config
+
+
+PRESETS = {"tiny": tiny}
+
+
+def get_config(preset: str = "tiny"):
+  return base.algorithm_config("prime", preset, PRESETS)

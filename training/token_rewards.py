@@ -1,0 +1,79 @@
+"""T-REG's token-level rewards by contrastive prompting, computed once before training.
+
+Zhou et al. 2025 (T-REG, arXiv 2412.02685, Sec. 3.2): the reference model π_eval scores
+the SAME response tokens after two revisions of the prompt, one asking for a better and
+one for a worse answer, and
+
+    r̂_t = σ( log π_eval(y_t | x_better, y_<t) − log π_eval(y_t | x_worse, y_<t) ) − ½.
+
+The response's token ids are spliced after each prompt variant unchanged (re-tokenizing
+prompt + response text could move token boundaries, and then r̂ would not line up with
+the tokens the policy is trained on). The variants put `config.t_reg.better_prefix` /
+`worse_prefix` before the prompt text, after bos.
+
+The rewards travel with each pair as `chosen_token_rewards` / `rejected_token_rewards`
+(data.pipeline.TOKEN_FIELDS), so every batch carries them [B, T], aligned with its ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from algorithms.t_reg import contrastive_token_rewards
+from data.pipeline import TokenizedPair, TokenizedPairs, collate
+from training.step import pair_logps
+
+_CHUNK = 64  # pairs per forward pass
+
+
+def _with_prefix(pair: TokenizedPair, prefix: list[int], num_special: int) -> TokenizedPair:
+  prompt = np.concatenate([pair.prompt[:num_special], np.asarray(prefix, np.int32),
+                           pair.prompt[num_special:]])
+  return dataclasses.replace(pair, prompt=prompt)
+
+
+def _completion_logps(logps: np.ndarray, pairs, side: str) -> list[np.ndarray]:
+  """Per pair, the log-probs of the `side` completion's tokens (rows of [B, T])."""
+  out = []
+  for row, p in enumerate(pairs):
+    start = len(p.prompt)
+    out.append(logps[row, start:start + len(getattr(p, side))])
+  return out
+
+
+def add_token_rewards(pairs: TokenizedPairs, graphdef, ref_params, tokenizer,
+                      config) -> TokenizedPairs:
+  """`pairs` with T-REG's r̂ for every chosen and rejected completion token."""
+  prefixes = {"better": tokenizer.encode(config.t_reg.better_prefix),
+              "worse": tokenizer.encode(config.t_reg.worse_prefix)}
+  num_special = 0 if tokenizer.bos_id is None else 1
+  # One padded length for every chunk: the scoring forward compiles once.
+  length = max(pairs.length(i) for i in range(len(pairs))) + max(map(len, prefixes.values()))
+  logps_fn = jax.jit(lambda p, b: pair_logps(graphdef, p, b))
+  out = []
+  for start in range(0, len(pairs), _CHUNK):
+    chunk = [pairs[i] for i in range(start, min(start + _CHUNK, len(pairs)))]
+    scored = {}
+    for name, prefix in prefixes.items():
+      variants = [_with_prefix(p, prefix, num_special) for p in chunk]
+      variants += variants[-1:] * (_CHUNK - len(variants))  # static batch shape
+      chosen, rejected = jax.device_get(
+          logps_fn(ref_params, collate(variants, length, pairs.pad_id)))
+      scored[name] = (_completion_logps(chosen, variants, "chosen"),
+                      _completion_logps(rejected, variants, "rejected"))
+    for n, pair in enumerate(chunk):
+      extras = dict(pair.extras)
+      for side_index, side in enumerate(("chosen", "rejected")):
+        better = scored["better"][side_index][n]
+        worse = scored["worse"][side_index][n]
+        rewards = contrastive_token_rewards(better[None], worse[None],
+                                            np.ones((1, len(better)), np.float32))
+        extras[f"{side}_token_rewards"] = np.asarray(rewards[0], np.float32)
+      out.append(dataclasses.replace(pair, extras=extras))
+  result = TokenizedPairs.from_pairs(out, pairs.pad_id, source_name=pairs.source_name)
+  result.stats = pairs.stats
+  result.max_prompt_len, result.max_completion_len = pairs.max_prompt_len, pairs.max_completion_len
+  return result
