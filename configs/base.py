@@ -154,8 +154,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.attention_impl = "custom_vjp"  # "custom_vjp" | "autodiff"
   config.model.attention_query_blocks = 4  # causal query blocks of the custom attention
   config.model.logp_chunk_size = 0  # >0: lm_head + logsumexp over chunks of positions
-  # "all": lm_head on every position; "completion": only on the completion window, with a
-  # fused backward (training/fused_logprobs.py; experiments/benchmark.py only, for now).
+  # "all": lm_head on every position; "completion": only on the window of
+  # data.max_completion_len positions that holds the completion, with a fused backward
+  # (training/fused_logprobs.py; train step, eval step and reference forward alike).
   config.model.logits_on = "all"
   return config
 

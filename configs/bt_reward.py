@@ -1,4 +1,4 @@
-"""Bradley-Terry reward model (the baseline of the GPM paper, Zhang et al. 2025, Eq. 1): a
+"""Bradley-Terry reward model (the baseline of the GPM paper, Zhang et al. 2025): a
 scalar reward head trained with −log σ((r_w − r_l)/τ).
 
 Presets (`--config=configs/bt_reward.py:PRESET`):

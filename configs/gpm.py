@@ -1,4 +1,4 @@
-"""General Preference Model (Zhang et al. 2025, arXiv 2410.02197, Sec. 3): a 2k-dim
+"""General Preference Model (Zhang et al. 2025, arXiv 2410.02197): a 2k-dim
 preference embedding at the last token and a skew-symmetric operator, so that cyclic
 preferences can be represented (models/heads.py, algorithms/preference.py).
 

@@ -1,5 +1,5 @@
 """GPO (Zhang et al. 2025, "Beyond Bradley-Terry Models: A General Preference Model for
-Language Model Alignment", arXiv 2410.02197, Sec. 5): SPPO-style self-play whose targets are
+Language Model Alignment", arXiv 2410.02197): SPPO-style self-play whose targets are
 preference scores of the policy's own samples against each other.
 
 Presets (`--config=configs/gpo.py:PRESET`):

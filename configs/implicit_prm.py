@@ -1,5 +1,5 @@
 """Implicit PRM (Yuan et al. 2024, "Free Process Rewards without Process Labels", arXiv
-2412.01981, Eq. 3-5): an outcome reward r = β·log πθ/π_ref trained on answer correctness
+2412.01981): an outcome reward r = β·log πθ/π_ref trained on answer correctness
 alone, whose partial sums are process (step) rewards.
 
 On the built-in task each chosen response is correct (label 1) and each rejected one wrong

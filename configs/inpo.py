@@ -1,4 +1,4 @@
-"""INPO (Zhang et al. 2025, "Iterative Nash Policy Optimization", arXiv 2407.00617, Eq. 9):
+"""INPO (Zhang et al. 2025, "Iterative Nash Policy Optimization", arXiv 2407.00617, Eq. 5-8 and Algorithm 1):
 no-regret self-play against π_t with KL regularisation τ towards π_ref.
 
 Presets (`--config=configs/inpo.py:PRESET`):

@@ -1,4 +1,4 @@
-"""LD-DPO (Liu et al. 2024, arXiv 2409.06411, Eq. 9-10): DPO on a length-desensitised
+"""LD-DPO (Liu et al. 2024, arXiv 2409.06411): DPO on a length-desensitised
 likelihood, the tokens past the shorter response's length weighted by α.
 
 Presets (`--config=configs/ld_dpo.py:PRESET`):

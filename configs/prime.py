@@ -1,5 +1,5 @@
 """PRIME (Cui et al. 2025, "Process Reinforcement through Implicit Rewards", arXiv
-2502.01456, Sec. 3): PPO-clip policy updates on RLOO advantages from outcome (verifier)
+2502.01456): PPO-clip policy updates on RLOO advantages from outcome (verifier)
 rewards and an implicit PRM's process rewards.
 
 Presets (`--config=configs/prime.py:PRESET`):

@@ -24,14 +24,11 @@ where unknown, e.g. CPU). `--cpu_ynn_fusion_type` sets XLA:CPU's YNNPACK fusion 
 JAX initialises (see docs/performance.md for why the default turns it off).
 """
 
-import contextlib
-import functools
 import json
 import os
 import resource
 import statistics
 import time
-from unittest import mock
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -155,44 +152,29 @@ def build_step(config):
   batch = synthetic_batch(config.batch_size, d.max_prompt_len, d.max_completion_len,
                           mcfg.vocab_size, config.seed)
   batch = put_batch(batch, mesh)
-  chunk_size = int(config.model.get("logp_chunk_size", 0))
+  # How log-probs are computed: the step's own options (training/step.py: pair_logps).
+  head = dict(chunk_size=int(config.model.get("logp_chunk_size", 0)),
+              logits_on=config.model.get("logits_on", "all"),
+              max_completion_len=d.max_completion_len)
   ref_params = None
   if algorithm.requirements.reference:
     # A copy, not an alias: the step donates the policy params.
     ref_params = jax.tree.map(jnp.copy, params)
     if config.reference.mode == "precomputed":
       ref_chosen, ref_rejected = jax.jit(
-          lambda p, b: pair_logps(graphdef, p, b, chunk_size=chunk_size))(ref_params, batch)
+          lambda p, b: pair_logps(graphdef, p, b, **head))(ref_params, batch)
       batch = dict(batch, ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
       ref_params = None
   train_step = make_train_step(graphdef, algorithm, config.loss, optimizer, schedule,
-                               grad_accum_steps=config.grad_accum_steps, chunk_size=chunk_size)
+                               grad_accum_steps=config.grad_accum_steps, **head)
   start = time.perf_counter()
-  with _logits_on(config.model.get("logits_on", "all"), d.max_completion_len):
-    # The state keeps its shardings across steps (as in training.loop), so one executable
-    # serves every step.
-    state_sharding = jax.tree.map(lambda x: x.sharding, state)
-    jitted = jax.jit(train_step, donate_argnums=(0,), out_shardings=(state_sharding, scalar))
-    compiled = jitted.lower(state, ref_params, batch).compile()
+  # The state keeps its shardings across steps (as in training.loop), so one executable
+  # serves every step.
+  state_sharding = jax.tree.map(lambda x: x.sharding, state)
+  jitted = jax.jit(train_step, donate_argnums=(0,), out_shardings=(state_sharding, scalar))
+  compiled = jitted.lower(state, ref_params, batch).compile()
   compile_s = time.perf_counter() - start
   return compiled, compile_s, state, ref_params, batch, mcfg, mesh
-
-
-@contextlib.contextmanager
-def _logits_on(where: str, max_completion_len: int):
-  """While tracing: "completion" swaps the step's log-prob function for the completion-window
-  head of training/fused_logprobs.py (the train loop does not offer it yet)."""
-  if where == "all":
-    yield
-    return
-  if where != "completion":
-    raise ValueError(f"config.model.logits_on must be all|completion, got {where!r}")
-  from training import fused_logprobs
-  from training import step as step_lib
-
-  fused = functools.partial(fused_logprobs.pair_logps, max_completion_len=max_completion_len)
-  with mock.patch.object(step_lib, "pair_logps", fused):
-    yield
 
 
 def run(config, steps: int, warmup: int) -> dict:

@@ -6,6 +6,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 
 import algorithms
@@ -50,3 +51,48 @@ def test_config_trains_20_steps_without_nans(name, tmp_path, tfds_dir):
     assert not bad, f"{name}: non-finite metrics at step {row['step']}: {bad}"
   evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
   assert evals[0]["step"] == 0 and evals[-1]["step"] == 20
+  if name in ONLINE:  # the round's samples, scores and training rows are kept
+    with open(tmp_path / "online" / "round_0.json") as f:
+      record = json.load(f)
+    assert len(record["pairs"]) >= config.batch_size
+  if name == "prime":  # and PRIME's online PRM update with the CE loss
+    with open(tmp_path / "online" / "prm_round_0.json") as f:
+      losses = json.load(f)["losses"]
+    assert losses and all(math.isfinite(x) for x in losses)
+    assert (tmp_path / "online" / "prm_round_0").is_dir()
+
+
+def test_online_run_resumes_exactly(tmp_path, tfds_dir):
+  """A stopped online run resumes on the saved round (and a recomputed, identical SFT
+  warm-up) and ends with the parameters of an uninterrupted run."""
+  import jax
+  import numpy as np
+
+  from configs import dno
+
+  make = lambda: _micro(dno.get_config("tiny"), "dno", tfds_dir)  # noqa: E731
+  whole = loop.train(make(), str(tmp_path / "whole"))
+  loop.train(make(), str(tmp_path / "split"), stop_at=10)
+  resumed = loop.train(make(), str(tmp_path / "split"))
+  assert resumed["start_step"] == 10 and resumed["final_step"] == 20
+  for a, b in zip(jax.tree.leaves(whole["state"].params), jax.tree.leaves(resumed["state"].params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_gpo_round_scored_by_a_trained_gpm(tmp_path, tfds_dir):
+  """The GPO paper's pipeline: train a GPM on the task's pairs, then one GPO round whose
+  score table comes from it (config.online.scorer = "gpm")."""
+  from configs import gpm, gpo
+
+  gpm_dir = str(tmp_path / "gpm")
+  loop.train(_micro(gpm.get_config("tiny"), "gpm", tfds_dir), gpm_dir)
+  config = _micro(gpo.get_config("tiny"), "gpo", tfds_dir)
+  config.online.update(scorer="gpm", scorer_path=gpm_dir)
+  summary = loop.train(config, str(tmp_path / "gpo"))
+  assert summary["final_step"] == 20 and summary["skipped_steps"] == 0
+  with open(tmp_path / "gpo" / "online" / "round_0.json") as f:
+    record = json.load(f)
+  table = np.asarray(record["score_table"])
+  assert record["scorer"] == "gpm" and table.shape == (32, 4, 4)
+  np.testing.assert_allclose(table, -np.swapaxes(table, 1, 2), atol=1e-5)  # s(i,j) = −s(j,i)
+  assert np.abs(table).max() > 0

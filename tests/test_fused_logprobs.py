@@ -57,3 +57,121 @@ def test_completion_longer_than_window_is_nan():
       nnx.merge(graphdef, p), ids, attention, loss_mask, max_completion_len=4))(params)
   assert np.isnan(np.asarray(logps)[0]).all()  # row 0 has 5 completion tokens
   assert np.isfinite(np.asarray(logps)[1:]).all()
+
+
+# --- The completion head inside the production step (training/step.py, training/loop.py) ---
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+def _steps(step_fn, exp, num_steps):
+  """`num_steps` jitted steps from exp.state on the first training batches."""
+  from training.mesh import put_batch
+
+  step_fn = jax.jit(step_fn)
+  state, history = exp.state, []
+  for s in range(num_steps):
+    state, metrics = step_fn(state, exp.ref_params, put_batch(exp.train_batches.batch(s),
+                                                              exp.mesh))
+    history.append(jax.device_get(metrics))
+  return state, history
+
+
+@pytest.mark.parametrize("overrides", [
+    {"loss.name": "dpo", "eval_batch_size": 16},
+    {"loss.name": "simpo", "loss.beta": 2.0, "loss.sft_weight": 1.0},
+    {"loss.name": "dpo", "grad_accum_steps": 2},
+], ids=["dpo", "simpo_reference_free", "dpo_grad_accum_2"])
+def test_train_and_eval_step_completion_head_equals_full_head(tmp_path, tfds_dir, overrides):
+  """loop's step with logits_on="completion" == the full head: loss, metrics, params."""
+  from tests.conftest import micro_config
+  from training import loop
+  from training.mesh import put_batch
+  from training.step import make_eval_step, make_train_step
+
+  # Completions here are 7..13 tokens: a 14-token window (of 31 positions) moves per row.
+  config = micro_config(**{"data.data_dir": tfds_dir, "model.logits_on": "completion",
+                           "data.max_completion_len": 14}, **overrides)
+  exp = loop.build(config, str(tmp_path))
+  full = make_train_step(exp.graphdef, exp.algorithm, config.loss, exp.optimizer,
+                         exp.schedule, grad_accum_steps=config.grad_accum_steps)
+  state_c, hist_c = _steps(loop.make_train_step_for(exp), exp, 2)
+  state_a, hist_a = _steps(full, exp, 2)
+  assert exp.train_batches.batch(0)["chosen_ids"].shape[1] - 1 > 14  # a real window
+  for hc, ha in zip(hist_c, hist_a):
+    assert hc["nonfinite"] == 0 and set(hc) == set(ha)
+    for name in ha:
+      np.testing.assert_allclose(hc[name], ha[name], rtol=1e-5, atol=1e-6, err_msg=name)
+  # Adam's g / sqrt(v) magnifies rounding in near-zero gradients (as in test_training's
+  # gradient-accumulation test): 1e-5 is 1% of one update at this learning rate.
+  for c, a in zip(_leaves(state_c.params), _leaves(state_a.params)):
+    np.testing.assert_allclose(c, a, atol=1e-5)
+
+  # The eval step, over every eval batch (filler rows of weight 0 included when the split
+  # does not fill the last batch).
+  evals = [jax.jit(make_eval_step(exp.graphdef, exp.algorithm, config.loss, logits_on=on,
+                                  max_completion_len=config.data.max_completion_len))
+           for on in ("completion", "all")]
+  weights = []
+  for batch in exp.eval_batches:
+    batch = put_batch(batch, exp.mesh)
+    (sums_c, w_c), (sums_a, w_a) = (f(exp.state.params, exp.ref_params, batch) for f in evals)
+    weights.append(float(w_a))
+    assert float(w_c) == float(w_a)
+    for name in sums_a:
+      np.testing.assert_allclose(sums_c[name], sums_a[name], rtol=1e-5, atol=1e-5,
+                                 err_msg=name)
+  if "eval_batch_size" in overrides:
+    assert weights[-1] < config.eval_batch_size  # the last batch had filler rows
+
+
+def test_reference_cache_with_completion_head(tmp_path, tfds_dir):
+  """loop._reference_cache's precomputed log-probs equal the full head at mask positions."""
+  from tests.conftest import micro_config
+  from training import loop
+  from training.mesh import put_batch
+  from training.step import pair_logps
+
+  exp = loop.build(micro_config(**{"data.data_dir": tfds_dir, "model.logits_on": "completion",
+                                   "data.max_completion_len": 14,
+                                   "reference.mode": "precomputed"}), str(tmp_path))
+  train_cache, _ = loop._reference_cache(exp, str(tmp_path))
+  batch = exp.train_batches.batch(0)
+  cached = train_cache.attach(batch)
+  full = jax.jit(lambda p, b: pair_logps(exp.graphdef, p, b))(exp.ref_params,
+                                                              put_batch(batch, exp.mesh))
+  for side, ref in zip(("chosen", "rejected"), full):
+    mask = batch[f"{side}_loss_mask"] > 0
+    np.testing.assert_allclose(np.where(mask, cached[f"ref_{side}_logps"], 0),
+                               np.where(mask, ref, 0), rtol=1e-5, atol=1e-6)
+
+
+def test_pair_logps_single_responses_and_no_window_bound():
+  """A batch without a rejected side; max_completion_len=0 means a window of T − 1."""
+  from training.step import pair_logps
+
+  cfg = ModelConfig(vocab_size=40, hidden_size=16, intermediate_size=24, num_layers=1,
+                    num_heads=2, num_kv_heads=1)
+  graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+  ids, attention, loss_mask = _batch()
+  batch = {"chosen_ids": ids, "chosen_attention_mask": attention, "chosen_loss_mask": loss_mask}
+  ref, none = pair_logps(graphdef, params, batch)
+  assert none is None
+  for bound in (5, 0):
+    got, none = pair_logps(graphdef, params, batch, logits_on="completion",
+                           max_completion_len=bound)
+    assert none is None and got.shape == ids.shape
+    np.testing.assert_allclose(np.where(loss_mask > 0, got, 0), np.where(loss_mask > 0, ref, 0),
+                               rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="logits_on"):
+    pair_logps(graphdef, params, batch, logits_on="prompt")
+
+
+def test_config_check_rejects_unknown_logits_on():
+  from tests.conftest import micro_config
+  from training import config_check
+
+  config_check.validate(micro_config(**{"model.logits_on": "completion"}))
+  with pytest.raises(config_check.ConfigError, match="model.logits_on"):
+    config_check.validate(micro_config(**{"model.logits_on": "prompt"}))

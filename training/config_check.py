@@ -80,6 +80,7 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
   _one_of(config.model.dtype, ("float32", "bfloat16", "float16"), "model.dtype")
   _one_of(config.model.param_dtype, ("float32", "bfloat16"), "model.param_dtype")
   _one_of(config.model.remat, ("none", "block"), "model.remat")
+  _one_of(config.model.get("logits_on", "all"), ("all", "completion"), "model.logits_on")
   if not config.model.init_from:
     for field in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                   "num_kv_heads"):
@@ -140,10 +141,16 @@ def _check_algorithm_needs(config, needs, process_count: int):
            "samples on process 0's devices); use a single-host mesh")
   _require(config.reference.mode == "in_step", "config.reference.mode='precomputed' does "
            "not apply to online algorithms: their data is sampled at the start of the run")
-  _require(o.scorer == "verifier" and not config.data.path,
-           f"config.online.scorer={o.scorer!r} with config.data.path={config.data.path!r}: "
-           "the online round scores with the built-in task's verifier only (scorer "
-           "'verifier', data.path '') for now")
+  _one_of(o.scorer, ("verifier", "gpm"), "online.scorer")
+  _require(not config.data.path, f"config.data.path={config.data.path!r}: online rounds run "
+           "on the built-in task for now (its verifier scores or evaluates every round)")
+  if o.scorer == "gpm":
+    _require(config.loss.name != "prime", "config.online.scorer='gpm': PRIME's outcome reward "
+             "is the verifier's correctness; use scorer 'verifier'")
+    for item in ("config.json", "checkpoints"):
+      _require(os.path.exists(os.path.join(o.scorer_path, item)),
+               f"config.online.scorer_path={o.scorer_path!r}: no {item} there (expected the "
+               "workdir of a finished `gpm` run)")
   for field in ("num_prompts", "max_new_tokens", "eval_prompts"):
     _require(o[field] >= 1, f"config.online.{field} must be >= 1, got {o[field]}")
   _require(o.num_samples >= 2, f"config.online.num_samples must be >= 2 (pairs and "

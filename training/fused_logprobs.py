@@ -17,13 +17,15 @@ Positions outside the window get log-prob 0, exactly like prompt and padding pos
 every loss masks out. A row whose loss mask does not fit in the window (a batch built with a
 longer completion limit than K) gets NaN log-probs, so that the step's non-finite guard skips
 it loudly instead of training on a silently truncated sum.
+
+Used by `training.step.pair_logps` (and so by the train step, the eval step and the
+reference forward) when `config.model.logits_on = "completion"`.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 
 @jax.custom_vjp
@@ -76,10 +78,13 @@ def completion_window(loss_mask, window: int):
 def completion_token_logps(model, ids, attention_mask, loss_mask, *, max_completion_len: int):
   """[B, T] log-probs, computed on the completion window only (module doc).
 
-  `model` is a `models.Transformer`; `loss_mask` [B, T] marks the positions that count.
+  `model` is a `models.Transformer`; `loss_mask` [B, T] marks the positions that count;
+  `max_completion_len` <= 0 means no bound (a window of T − 1: every label position, which
+  still gains the fused backward).
   """
   batch, length = ids.shape
-  window = max(1, min(max_completion_len, length - 1))
+  bound = length - 1 if max_completion_len <= 0 else max_completion_len
+  window = max(1, min(bound, length - 1))
   hidden = model.hidden_states(ids, attention_mask=attention_mask)  # [B, T, D]
   start = completion_window(loss_mask, window)
   positions = start[:, None] + jnp.arange(window)  # [B, K] label positions
@@ -93,13 +98,3 @@ def completion_token_logps(model, ids, attention_mask, loss_mask, *, max_complet
   lost = covered < jnp.sum(loss_mask, axis=1)
   return jnp.where(lost[:, None], jnp.nan, full)
 
-
-def pair_logps(graphdef, params, batch, *, max_completion_len: int, chunk_size: int = 0):
-  """`training.step.pair_logps` with the completion-window head: two [B, T] arrays."""
-  del chunk_size  # the window already bounds the live logits to [2B, K, V]
-  model = nnx.merge(graphdef, params)
-  side = lambda key: jnp.concatenate([batch[f"chosen_{key}"], batch[f"rejected_{key}"]], axis=0)
-  logps = completion_token_logps(model, side("ids"), side("attention_mask"), side("loss_mask"),
-                                 max_completion_len=max_completion_len)
-  num_pairs = batch["chosen_ids"].shape[0]
-  return logps[:num_pairs], logps[num_pairs:]

@@ -11,6 +11,7 @@ metrics to JSONL/TensorBoard/progress bar and the PNG of the curves at the end.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 
@@ -128,6 +129,28 @@ def init_params(config, mesh, head: str = "lm"):
   return graphdef, params
 
 
+def load_trained(workdir: str):
+  """(config, graphdef, params) of the newest checkpoint of a finished run's workdir, e.g. a
+  GPM that scores an online round (`config.online.scorer_path`)."""
+  import ml_collections
+
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  head = algorithms.get_algorithm(config.loss.name).requirements.head
+  mcfg = model_config(config)
+  graphdef, abstract = nnx.split(nnx.eval_shape(
+      lambda: _with_head(config, head, models.Transformer(mcfg, rngs=nnx.Rngs(params=0)))),
+      nnx.Param)
+  params = nnx.to_pure_dict(abstract)
+  optimizer = make_optimizer(config.optimizer, config.total_steps)
+  scalar = lambda dtype, shape=(): jax.ShapeDtypeStruct(shape, dtype)  # noqa: E731
+  like = TrainState(step=scalar(jnp.int32), params=params,
+                    opt_state=jax.eval_shape(optimizer.init, params),
+                    skipped_steps=scalar(jnp.int32), rng=scalar(jnp.uint32, (2,)))
+  state = Checkpointer(os.path.join(workdir, "checkpoints")).restore(like)
+  return config, graphdef, state.params
+
+
 def _shardings(mesh, specs):
   return jax.tree.map(lambda spec: jax.sharding.NamedSharding(mesh, spec), specs,
                       is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
@@ -219,8 +242,16 @@ def build(config, workdir: str) -> Experiment:
 
 def make_train_step_for(exp: Experiment):
   """The experiment's (unjitted) train step."""
-  return make_train_step(exp.graphdef, exp.algorithm, exp.config.loss, exp.optimizer,
-                         exp.schedule, grad_accum_steps=exp.config.grad_accum_steps)
+  config = exp.config
+  # The completion window must hold every completion: an online round's samples are bounded
+  # by online.max_new_tokens, not by data.max_completion_len (the pipeline checks only their
+  # total length).
+  window = config.data.max_completion_len
+  if exp.algorithm.requirements.online:
+    window = max(window, config.online.max_new_tokens)
+  return make_train_step(exp.graphdef, exp.algorithm, config.loss, exp.optimizer,
+                         exp.schedule, grad_accum_steps=config.grad_accum_steps,
+                         logits_on=config.model.logits_on, max_completion_len=window)
 
 
 def _like_params(tree, param_sharding, mesh):
@@ -246,7 +277,9 @@ def _reference_cache(exp: Experiment, workdir: str) -> tuple[ReferenceCache, Ref
   key = fingerprint({"data": config.data.to_dict(), "model": config.model.to_dict(),
                      "seed": config.seed, "process": jax.process_index(),
                      "source": [len(exp.train_source), len(exp.eval_source)]})
-  logps_fn = jax.jit(lambda p, b: pair_logps(exp.graphdef, p, b))
+  logps_fn = jax.jit(lambda p, b: pair_logps(
+      exp.graphdef, p, b, logits_on=config.model.logits_on,
+      max_completion_len=config.data.max_completion_len))
   caches = []
   for split, source in (("train", exp.train_source), ("eval", exp.eval_source)):
     path = os.path.join(workdir, "reference_cache", f"{split}-{key}.npz")
@@ -333,9 +366,54 @@ def start_online_round(exp: Experiment, workdir: str) -> None:
   """Replaces the experiment's training batches with one online round's samples."""
   if exp.config.online.sft_steps:
     sft_warmup(exp)
+  scorer = None
+  if exp.config.online.scorer == "gpm":
+    scorer = load_trained(exp.config.online.scorer_path)
   pairs = online.run_round(exp.algorithm.name, exp.graphdef, exp.state.params, exp.ref_params,
-                           exp.train_source, exp.tokenizer, exp.config, workdir)
+                           exp.train_source, exp.tokenizer, exp.config, workdir, scorer)
   exp.train_batches = make_batcher(exp.config, exp.tokenizer, pairs)
+  if exp.algorithm.name == "prime":
+    update_prm(exp, workdir)
+
+
+def update_prm(exp: Experiment, workdir: str) -> None:
+  """PRIME's online PRM update (Cui et al. 2025; the official code's `compute_ce_dpo_loss_rm`):
+  the implicit PRM π_φ (the SFT policy in the first round) takes one epoch of the CE
+  objective (`implicit_prm`, β = config.loss.prm_beta) on the round's responses and their
+  verifier labels.
+
+  The round's advantages were computed before this update (PRIME's `update=after`: one
+  forward gives both); the updated PRM scores the next round (experiments/iterate.py, not
+  built yet). Saved with its losses to WORKDIR/online/prm_round_0; skipped when present.
+  """
+  import orbax.checkpoint as ocp  # local: only PRIME runs save a PRM
+
+  path = os.path.join(os.path.abspath(workdir), "online", "prm_round_0")
+  if os.path.exists(path):
+    return
+  config = exp.config
+  prm = algorithms.get_algorithm("implicit_prm")
+  prm_cfg = config.loss.copy_and_resolve_references()
+  prm_cfg.update(beta=config.loss.prm_beta, prm_objective="ce")
+  batches = exp.train_batches
+  steps = batches.num_batches_per_epoch
+  optimizer = make_optimizer(config.optimizer, steps)
+  step_fn = jax.jit(make_train_step(exp.graphdef, prm, prm_cfg, optimizer,
+                                    learning_rate_schedule(config.optimizer, steps)))
+  params = jax.tree.map(jnp.copy, exp.ref_params)  # π_φ starts as the SFT policy
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     opt_state=optimizer.init(params), skipped_steps=jnp.zeros((), jnp.int32))
+  losses = []
+  for step in range(steps):
+    state, metrics = step_fn(state, exp.ref_params, put_batch(batches.batch(step), exp.mesh))
+    losses.append(float(metrics["loss"]))
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(path, state.params)
+  checkpointer.wait_until_finished()
+  with open(path + ".json", "w") as f:
+    json.dump({"steps": steps, "beta": config.loss.prm_beta, "losses": losses}, f)
+  logging.info("PRIME: PRM updated for %d steps (CE loss %.4f -> %.4f), saved to %s", steps,
+               losses[0], losses[-1], path)
 
 
 def evaluate_online(exp: Experiment, params) -> dict:
@@ -346,16 +424,18 @@ def evaluate_online(exp: Experiment, params) -> dict:
 
 
 def _checkpoint(checkpointer: Checkpointer, writer: MetricsWriter, step: int, state, *,
-                force: bool = False):
-  """Saves a due checkpoint after making metrics.jsonl durable.
+                force: bool = False) -> bool:
+  """Saves a due checkpoint after making metrics.jsonl durable; True if one was due.
 
   Order matters for resume: metrics.jsonl is truncated to the checkpoint's step on restart,
   so it must hold every step up to the checkpoint even after a machine crash (fsync first);
   lines logged after the checkpoint are rewritten by the resumed run.
   """
-  if checkpointer.is_due(step, force=force):
-    writer.sync()
-    checkpointer.maybe_save(step, state, force=force)
+  if not checkpointer.is_due(step, force=force):
+    return False
+  writer.sync()
+  checkpointer.maybe_save(step, state, force=force)
+  return True
 
 
 def train(config, workdir: str, *, stop_at: int | None = None) -> dict:
@@ -370,6 +450,10 @@ def train(config, workdir: str, *, stop_at: int | None = None) -> dict:
                      "'in_step' on multi-host runs")
   exp = build(config, workdir)
   needs = exp.algorithm.requirements
+  if jax.process_index() == 0:  # what the run was, for readers of the workdir (scorers too)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
   if needs.online:
     start_online_round(exp, workdir)
   mesh, state = exp.mesh, exp.state
@@ -389,7 +473,9 @@ def train(config, workdir: str, *, stop_at: int | None = None) -> dict:
     # held-out quality is measured by sampling instead.
     evaluate_split = lambda params: evaluate_online(exp, params)  # noqa: E731
   else:
-    eval_fn = jax.jit(make_eval_step(exp.graphdef, exp.algorithm, config.loss))
+    eval_fn = jax.jit(make_eval_step(exp.graphdef, exp.algorithm, config.loss,
+                                     logits_on=config.model.logits_on,
+                                     max_completion_len=config.data.max_completion_len))
     evaluate_split = lambda params: evaluate(exp, eval_fn, params, ref_params,  # noqa: E731
                                              eval_cache)
 
@@ -410,6 +496,7 @@ def train(config, workdir: str, *, stop_at: int | None = None) -> dict:
       summary = {"start_step": start}
       if start == 0:
         writer.write(0, evaluate_split(state.params))
+      writer.restart_clock(start)
 
       step, metrics = start, {}
       last = config.total_steps if stop_at is None else min(stop_at, config.total_steps)
@@ -419,18 +506,24 @@ def train(config, workdir: str, *, stop_at: int | None = None) -> dict:
           batch = train_cache.attach(batch)
         state, metrics = train_step(state, ref_params, put_batch(batch, mesh))
         step += 1
-        rates = writer.advance(step, _tokens(batch) * jax.process_count())
+        log_now = step % config.log_every == 0 or step == config.total_steps
+        if log_now:  # throughput is measured on finished steps, not dispatched ones
+          metrics = jax.block_until_ready(metrics)
+        rates = writer.advance(step, _tokens(batch) * jax.process_count(), measure=log_now)
         if config.nonfinite == "halt" and float(metrics["nonfinite"]):
           raise NonFiniteError(step, batch["example_id"].tolist(), jax.device_get(metrics),
                                state)
         logged = {}
-        if step % config.log_every == 0 or step == config.total_steps:
+        if log_now:
           logged.update(jax.device_get(metrics), skipped_steps=int(state.skipped_steps), **rates)
-        if (config.eval_every and step % config.eval_every == 0) or step == config.total_steps:
+        evaluate_now = ((config.eval_every and step % config.eval_every == 0)
+                        or step == config.total_steps)
+        if evaluate_now:
           logged.update(evaluate_split(state.params))
         if logged:
           writer.write(step, logged)
-        _checkpoint(checkpointer, writer, step, state, force=stop.requested)
+        if _checkpoint(checkpointer, writer, step, state, force=stop.requested) or evaluate_now:
+          writer.restart_clock(step)
       _checkpoint(checkpointer, writer, step, state, force=True)
     finally:
       # Also on an exception (a halt included): an in-flight save completes instead of

@@ -39,6 +39,7 @@ class MetricsWriter:
     self._tb = None
     self._bar = None
     self._last_time, self._last_step, self._tokens = time.perf_counter(), start_step, 0
+    self._rates: dict = {}
     if not self._is_main:
       return
     os.makedirs(workdir, exist_ok=True)
@@ -88,23 +89,35 @@ class MetricsWriter:
       self._jsonl.flush()
       os.fsync(self._jsonl.fileno())
 
-  def advance(self, step: int, tokens: int, metrics: dict | None = None) -> dict:
-    """Progress bar update after `step`; returns throughput numbers for the log."""
+  def advance(self, step: int, tokens: int, metrics: dict | None = None, *,
+              measure: bool = True) -> dict:
+    """Progress bar update after `step`; with `measure`, returns the throughput since the
+    last measurement (or `restart_clock`).
+
+    Steps are dispatched asynchronously, so the caller measures only after blocking on the
+    step's results (the loop does so at logging steps); timing one unblocked step would
+    time its dispatch, not its compute.
+    """
     self._tokens += tokens
-    now = time.perf_counter()
-    elapsed = now - self._last_time
-    rates = {}
-    if step > self._last_step and elapsed > 0:
-      rates = {"perf/steps_per_s": (step - self._last_step) / elapsed,
-               "perf/tokens_per_s": self._tokens / elapsed}
+    if measure:
+      now = time.perf_counter()
+      elapsed = now - self._last_time
+      if step > self._last_step and elapsed > 0:
+        self._rates = {"perf/steps_per_s": (step - self._last_step) / elapsed,
+                       "perf/tokens_per_s": self._tokens / elapsed}
+      self._last_time, self._last_step, self._tokens = now, step, 0
     if self._bar is not None:
       self._bar.update(step - self._bar.n)
-      shown = {"tok/s": f"{rates.get('perf/tokens_per_s', 0):.0f}"}
+      shown = {"tok/s": f"{self._rates.get('perf/tokens_per_s', 0):.0f}"}
       if metrics and "loss" in metrics:
         shown["loss"] = f"{float(metrics['loss']):.4f}"
       self._bar.set_postfix(shown, refresh=False)
-    self._last_time, self._last_step, self._tokens = now, step, 0
-    return rates
+    return dict(self._rates) if measure else {}
+
+  def restart_clock(self, step: int):
+    """Starts the next throughput window now: time spent in eval or checkpoints is not
+    training throughput."""
+    self._last_time, self._last_step, self._tokens = time.perf_counter(), step, 0
 
   def close(self):
     if not self._is_main:

@@ -9,7 +9,8 @@ The online algorithms (DNO, INPO, GPO, PRIME) train on responses of their own po
      (`models.sampling`, temperature `config.online.temperature`, a KV cache);
   2. score: the built-in task's rule-based verifier: PRIME's outcome label is correctness
      (`data.synthetic.verify`, 1 or 0); the pairwise methods' oracle also grades wrong
-     answers (`data.synthetic.score`, partial credit below ½) so that ties are rare;
+     answers (`data.synthetic.score`, partial credit below ½) so that ties are rare; or,
+     with `config.online.scorer = "gpm"`, a trained General Preference Model;
   3. build what the algorithm trains on, token ids kept as sampled (never re-tokenized):
        dno, inpo  the best and the worst response of each prompt by win-rate against the
                   other K−1 (DNO-Prct, Rosset et al. 2024, Alg. 2; INPO's oracle-labelled
@@ -100,47 +101,70 @@ def verifier_rewards(prompts, completions, tokenizer, *, graded: bool = False) -
   return rewards
 
 
-def win_rates(rewards: np.ndarray) -> np.ndarray:
-  """[N, K] mean over the other K−1 responses of P(y_k ≻ y_j): 1 if r_k > r_j, ½ on a tie."""
-  k = rewards.shape[1]
-  wins = (rewards[:, :, None] > rewards[:, None, :]) + 0.5 * (
-      rewards[:, :, None] == rewards[:, None, :])
+def verifier_wins(rewards: np.ndarray) -> np.ndarray:
+  """[N, K, K] P(y_i ≻ y_j) of a reward: 1 if r_i > r_j, ½ on a tie, 0 otherwise."""
+  return ((rewards[:, :, None] > rewards[:, None, :])
+          + 0.5 * (rewards[:, :, None] == rewards[:, None, :])).astype(np.float32)
+
+
+def win_rates(wins: np.ndarray) -> np.ndarray:
+  """[N, K] mean over the other K−1 responses of P(y_k ≻ y_j) (wins [N, K, K], ½ diagonal)."""
+  k = wins.shape[1]
   return (wins.sum(-1) - 0.5) / max(k - 1, 1)  # minus the self-comparison's ½
 
 
-def best_worst_pairs(prompts, completions, rewards, *, extras_fn=None) -> list[TokenizedPair]:
+def best_worst_pairs(prompts, completions, wins: np.ndarray) -> list[TokenizedPair]:
   """The best and worst response of each prompt by win-rate; ties (no winner) dropped."""
-  rates = win_rates(rewards)
+  rates = win_rates(wins)
   pairs = []
   for i, ((_, prompt_ids), responses) in enumerate(zip(prompts, completions)):
     best, worst = int(np.argmax(rates[i])), int(np.argmin(rates[i]))
     if rates[i, best] <= rates[i, worst]:
       continue
-    extras = {} if extras_fn is None else extras_fn(i, best, worst)
     pairs.append(TokenizedPair(len(pairs), np.asarray(prompt_ids, np.int32),
                                np.asarray(responses[best], np.int32),
-                               np.asarray(responses[worst], np.int32), extras))
+                               np.asarray(responses[worst], np.int32)))
   return pairs
 
 
-def gpo_pairs(prompts, completions, rewards, loss_cfg) -> list[TokenizedPair]:
-  """GPO's chosen/rejected and targets from the score table s(i ≻ j) = r_i − r_j."""
+def gpo_pairs(prompts, completions, table: np.ndarray, tau: float,
+              loss_cfg) -> list[TokenizedPair]:
+  """GPO's chosen/rejected and targets from a score table s(i ≻ j) [N, K, K]."""
   from algorithms import gpo
 
-  table = jnp.asarray(rewards[:, :, None] - rewards[:, None, :])  # [N, K, K]
-  _, chosen, rejected, scores, probs = jax.device_get(
-      gpo.gpo_targets(table, loss_cfg.preference_tau))
+  _, chosen, rejected, scores, probs = jax.device_get(gpo.gpo_targets(jnp.asarray(table), tau))
   targets = scores if loss_cfg.gpo_loss_type == "sppo_score" else probs
   pairs = []
   for i, ((_, prompt_ids), responses) in enumerate(zip(prompts, completions)):
     w, l = int(chosen[i]), int(rejected[i])
-    if rewards[i, w] == rewards[i, l]:
+    if not np.any(table[i]):
       continue  # every response scores the same: the table is 0, nothing to learn
     pairs.append(TokenizedPair(
         len(pairs), np.asarray(prompt_ids, np.int32), np.asarray(responses[w], np.int32),
         np.asarray(responses[l], np.int32),
         {"chosen_score": float(targets[i, w]), "rejected_score": float(targets[i, l])}))
   return pairs
+
+
+def gpm_table(scorer, prompts, completions, pad_id: int) -> np.ndarray:
+  """[N, K, K] GPM scores s(y_i ≻ y_j) of each prompt's K responses (Zhang et al. 2025,
+  the score ⟨R v_i, v_j⟩), from `scorer = (config, graphdef, params)` of a trained `gpm` run."""
+  from algorithms.preference import gpm_score_table
+  from data.pipeline import collate
+  from training.step import head_values
+
+  _, graphdef, params = scorer
+  k = len(completions[0])
+  rows = [TokenizedPair(n, np.asarray(prompt_ids, np.int32), np.asarray(response, np.int32),
+                        None)
+          for n, ((_, prompt_ids), response) in enumerate(
+              (p, r) for p, responses in zip(prompts, completions) for r in responses)]
+  length = max(len(r.prompt) + len(r.chosen) for r in rows)
+  values, _, gates = jax.jit(lambda p, b: head_values(graphdef, p, b))(
+      params, collate(rows, length, pad_id))
+  values = values.reshape(len(prompts), k, -1)
+  gates = None if gates is None else gates.reshape(len(prompts), k, -1)[:, 0]
+  return np.asarray(gpm_score_table(values, gates), np.float32)
 
 
 def prime_rows(graphdef, prm_params, ref_params, prompts, completions, rewards, config,
@@ -204,8 +228,14 @@ def _pair_record(p: TokenizedPair) -> dict:
 
 
 def run_round(name: str, graphdef, params, ref_params, source, tokenizer, config,
-              workdir: str) -> TokenizedPairs:
-  """The round's training data for algorithm `name`; loaded from the workdir if saved."""
+              workdir: str, scorer=None) -> TokenizedPairs:
+  """The round's training data for algorithm `name`; loaded from the workdir if saved.
+
+  `scorer`: (config, graphdef, params) of a trained GPM (`loop.load_trained`) when
+  `config.online.scorer == "gpm"`: P(y_i ≻ y_j) = σ(s_ij / τ) with the GPM's τ ranks the
+  pairwise methods' responses and s / τ is GPO's score table (the GPO paper's pipeline).
+  The verifier's rewards are recorded either way (the built-in task).
+  """
   path = os.path.join(workdir, "online", "round_0.json")
   if os.path.exists(path):
     with open(path) as f:
@@ -213,27 +243,32 @@ def run_round(name: str, graphdef, params, ref_params, source, tokenizer, config
     logging.info("online round: loaded %d rows from %s", len(record["pairs"]), path)
     return TokenizedPairs.from_pairs(_pairs_from_record(record), tokenizer.pad_id,
                                      source_name=path)
-  if config.online.scorer != "verifier" or config.data.path:
-    raise DataError("the online round scores responses with the built-in task's verifier "
-                    "(config.online.scorer='verifier', config.data.path=''); other scorers "
-                    "are not wired in yet")
   prompts = round_prompts(source, tokenizer, config.online.num_prompts, config.seed)
   key = jax.random.fold_in(jax.random.key(config.seed), 0x4F4E)  # "ON"
   completions = sample_responses(graphdef, params, prompts, tokenizer, config, key)
   # PRIME's outcome reward is correctness (0/1); the preference oracle of the pairwise
   # methods grades partial answers so that a weak policy's responses are rarely tied.
   rewards = verifier_rewards(prompts, completions, tokenizer, graded=name != "prime")
+  if scorer is not None:
+    tau = scorer[0].loss.preference_tau
+    table = gpm_table(scorer, prompts, completions, tokenizer.pad_id)
+    wins = jax.device_get(jax.nn.sigmoid(table / tau))
+  else:  # the verifier's reward as a BT-style score r_i − r_j
+    tau = config.loss.preference_tau
+    table, wins = rewards[:, :, None] - rewards[:, None, :], verifier_wins(rewards)
   if name == "gpo":
-    pairs = gpo_pairs(prompts, completions, rewards, config.loss)
+    pairs = gpo_pairs(prompts, completions, table, tau, config.loss)
   elif name == "prime":
     pairs = prime_rows(graphdef, params, ref_params, prompts, completions, rewards, config,
                        tokenizer.pad_id)
   else:
-    pairs = best_worst_pairs(prompts, completions, rewards)
+    pairs = best_worst_pairs(prompts, completions, np.asarray(wins))
   logging.info("online round: %d prompts x %d samples, mean verifier reward %.3f, %d rows",
                len(prompts), rewards.shape[1], float(rewards.mean()), len(pairs))
-  _save(path, {"algorithm": name, "mean_reward": float(rewards.mean()),
+  _save(path, {"algorithm": name, "scorer": config.online.scorer,
+               "mean_reward": float(rewards.mean()),
                "prompts": [text for text, _ in prompts], "rewards": rewards.tolist(),
+               "score_table": np.asarray(table).tolist(),
                "completions": completions, "pairs": [_pair_record(p) for p in pairs]})
   if len(pairs) < config.batch_size:
     raise DataError(

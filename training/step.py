@@ -34,6 +34,7 @@ import optax
 from flax import nnx
 
 from algorithms import Algorithm, LossInputs
+from training.fused_logprobs import completion_token_logps
 from training.logprobs import token_logps
 
 PyTree = Any
@@ -87,12 +88,34 @@ def _unstack(x, batch):
   return x[:num_rows], (x[num_rows:] if "rejected_ids" in batch else None)
 
 
-def pair_logps(graphdef, params, batch, *, chunk_size: int = 0):
+LOGITS_ON = ("all", "completion")
+
+
+def check_logits_on(logits_on: str):
+  if logits_on not in LOGITS_ON:
+    raise ValueError(f"config.model.logits_on must be one of {list(LOGITS_ON)}, got "
+                     f"{logits_on!r}")
+
+
+def pair_logps(graphdef, params, batch, *, chunk_size: int = 0, logits_on: str = "all",
+               max_completion_len: int = 0):
   """Policy log-probs for chosen and rejected in one forward: two [B, T] arrays (the second
-  None for a batch of single responses)."""
+  None for a batch of single responses).
+
+  `logits_on="all"` projects every position (over `chunk_size` positions at a time when > 0);
+  `"completion"` projects only a window of `max_completion_len` positions (0: T − 1) that
+  holds each row's loss-mask tokens, with a fused backward (training/fused_logprobs.py). The
+  two agree wherever the loss mask is 1; elsewhere the window version holds 0, and a row whose
+  completion overruns the window is NaN (the step's non-finite guard then skips the update).
+  """
+  check_logits_on(logits_on)
   model = nnx.merge(graphdef, params)
-  logps = token_logps(model, _stacked(batch, "ids"), _stacked(batch, "attention_mask"),
-                      chunk_size=chunk_size)  # [2B, T]
+  ids, attention = _stacked(batch, "ids"), _stacked(batch, "attention_mask")  # [S*B, T]
+  if logits_on == "completion":
+    logps = completion_token_logps(model, ids, attention, _stacked(batch, "loss_mask"),
+                                   max_completion_len=max_completion_len)
+  else:
+    logps = token_logps(model, ids, attention, chunk_size=chunk_size)
   return _unstack(logps, batch)
 
 
@@ -125,15 +148,18 @@ _EXTRA_FIELDS = {
 
 
 def loss_inputs(graphdef, params, ref_params, batch, algorithm: Algorithm, *,
-                chunk_size: int = 0) -> LossInputs:
+                chunk_size: int = 0, logits_on: str = "all",
+                max_completion_len: int = 0) -> LossInputs:
   """Runs exactly the forward passes `algorithm` asks for and packs their results.
 
   The frozen model `ref_params` serves both the reference and the previous iterate π_t: in
   one online round both are the policy the run started from (the multi-round loop that moves
   π_t is experiments/iterate.py's job). Precomputed reference log-probs in the batch replace
-  its forward pass.
+  its forward pass. `chunk_size`, `logits_on` and `max_completion_len` go to `pair_logps`,
+  for the policy and the reference alike.
   """
   needs = algorithm.requirements
+  head = dict(chunk_size=chunk_size, logits_on=logits_on, max_completion_len=max_completion_len)
   extras = {field: batch[key] for key, field in _EXTRA_FIELDS.items() if key in batch}
   if needs.outcome_labels and "chosen_label" not in batch and "rejected_ids" in batch:
     # Preference pairs without labels: the chosen answer is the correct one.
@@ -148,14 +174,14 @@ def loss_inputs(graphdef, params, ref_params, batch, algorithm: Algorithm, *,
     return LossInputs(policy_chosen_logps=None, policy_rejected_logps=None,
                       chosen_values=chosen, rejected_values=rejected, preference_gates=gates,
                       **masks)
-  policy_chosen, policy_rejected = pair_logps(graphdef, params, batch, chunk_size=chunk_size)
+  policy_chosen, policy_rejected = pair_logps(graphdef, params, batch, **head)
   frozen = (None, None)
   if needs.reference or needs.previous_policy:
     if "ref_chosen_logps" in batch:
       frozen = batch["ref_chosen_logps"], batch.get("ref_rejected_logps")
     else:
       frozen = jax.lax.stop_gradient(
-          pair_logps(graphdef, ref_params, batch, chunk_size=chunk_size))
+          pair_logps(graphdef, ref_params, batch, **head))
   ref = frozen if needs.reference else (None, None)
   prev = frozen if needs.previous_policy else (None, None)
   return LossInputs(
@@ -174,11 +200,17 @@ def _tree_where(pred, on_true, on_false):
 
 
 def make_train_step(graphdef, algorithm: Algorithm, loss_cfg, optimizer, schedule, *,
-                    grad_accum_steps: int = 1, chunk_size: int = 0):
-  """Returns the (unjitted) train step; `training.loop` jits it with shardings."""
+                    grad_accum_steps: int = 1, chunk_size: int = 0, logits_on: str = "all",
+                    max_completion_len: int = 0):
+  """Returns the (unjitted) train step; `training.loop` jits it with shardings.
+
+  `chunk_size`, `logits_on`, `max_completion_len`: how log-probs are computed (`pair_logps`).
+  """
+  check_logits_on(logits_on)
 
   def loss_and_metrics(params, ref_params, batch):
-    inputs = loss_inputs(graphdef, params, ref_params, batch, algorithm, chunk_size=chunk_size)
+    inputs = loss_inputs(graphdef, params, ref_params, batch, algorithm, chunk_size=chunk_size,
+                         logits_on=logits_on, max_completion_len=max_completion_len)
     return algorithm.loss_fn(inputs, loss_cfg)
 
   grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
@@ -236,15 +268,18 @@ def make_train_step(graphdef, algorithm: Algorithm, loss_cfg, optimizer, schedul
   return train_step
 
 
-def make_eval_step(graphdef, algorithm: Algorithm, loss_cfg, *, chunk_size: int = 0):
+def make_eval_step(graphdef, algorithm: Algorithm, loss_cfg, *, chunk_size: int = 0,
+                   logits_on: str = "all", max_completion_len: int = 0):
   """Returns `eval_step(params, ref_params, batch) -> (weighted metric sums, weight sum)`.
 
   Summing both over batches and dividing gives exact split averages even when the last
-  batch is padded with filler pairs of weight 0.
+  batch is padded with filler pairs of weight 0. The keyword options are `make_train_step`'s.
   """
+  check_logits_on(logits_on)
 
   def eval_step(params, ref_params, batch):
-    inputs = loss_inputs(graphdef, params, ref_params, batch, algorithm, chunk_size=chunk_size)
+    inputs = loss_inputs(graphdef, params, ref_params, batch, algorithm, chunk_size=chunk_size,
+                         logits_on=logits_on, max_completion_len=max_completion_len)
     loss, metrics = algorithm.loss_fn(inputs, loss_cfg)
     weight = jnp.sum(batch["weight"]) if "weight" in batch else jnp.float32(
         batch["chosen_ids"].shape[0])

@@ -1,6 +1,7 @@
 """T-REG's token-level rewards by contrastive prompting, computed once before training.
 
-Zhou et al. 2025 (T-REG, arXiv 2412.02685, Sec. 3.2): the reference model π_eval scores
+Zhou et al. 2025 (T-REG, arXiv 2412.02685; the formula from a secondary summary, the
+official code was not available to check): the reference model π_eval scores
 the SAME response tokens after two revisions of the prompt, one asking for a better and
 one for a worse answer, and
 
