@@ -99,6 +99,22 @@ def rope_cos_sin(positions, inv_freq):
   return jnp.cos(angles), jnp.sin(angles)
 
 
+def rope_cos_sin_table(positions, inv_freq, num_positions: int):
+  """`rope_cos_sin` for int positions [B, T] in [0, num_positions), via [P, H] tables.
+
+  Same values as `rope_cos_sin` (the same float32 angles through the same cos/sin), but
+  cos/sin are evaluated once on P·H entries and then gathered. With [B, T, H] computed
+  in place, XLA:CPU fuses the cos/sin into every consumer of the rotated q and k (the
+  attention kernel's per-block slices and transposes, forward and backward, policy and
+  reference), evaluating them again on [B, T, heads, H] each time: 13% of the bench_tiny
+  step (docs/performance.md). Positions outside [0, P) would be clamped: only call this
+  with positions known to be in range (e.g. `default_positions`).
+  """
+  cos, sin = rope_cos_sin(jnp.arange(num_positions)[None], inv_freq)  # [1, P, H]
+  return (jnp.take(cos[0], positions, axis=0, mode='clip'),
+          jnp.take(sin[0], positions, axis=0, mode='clip'))
+
+
 def apply_rope(x, cos, sin):
   """x [B, T, heads, H]; cos/sin [B, T, H] -> rotated x (same dtype)."""
   x1, x2 = jnp.split(x, 2, axis=-1)
@@ -319,11 +335,15 @@ class Transformer(nnx.Module):
       raise ValueError(
           'segment_ids requires explicit positions (restarting at 0 in '
           'each packed segment).')
-    if positions is None:
-      positions = default_positions(input_ids, attention_mask)
     cfg = self.config
     mask = make_attention_mask(input_ids.shape[1], attention_mask, segment_ids)
-    cos, sin = rope_cos_sin(positions, rope_inv_freq(cfg))
+    if positions is None:
+      # Default positions lie in [0, T): look cos/sin up in [T, H] tables (see
+      # rope_cos_sin_table for why this is faster on XLA:CPU).
+      positions = default_positions(input_ids, attention_mask)
+      cos, sin = rope_cos_sin_table(positions, rope_inv_freq(cfg), input_ids.shape[1])
+    else:
+      cos, sin = rope_cos_sin(positions, rope_inv_freq(cfg))
 
     x = jnp.take(self.embedding[...], input_ids, axis=0)  # [B, T, D]
     x = x.astype(cfg.compute_dtype)
