@@ -171,15 +171,20 @@ def mean_logps(logps: Array, mask: Array) -> Array:
   return sequence_logps(logps, mask) / completion_lengths(mask)
 
 
+def weighted_token_count(mask: Array, pair_weights: Optional[Array] = None) -> Array:
+  """[] Σ_b w_b Σ_t mask_bt: completion tokens of a batch, each pair counted with its weight."""
+  tokens = jnp.sum(mask.astype(jnp.float32), axis=-1)
+  if pair_weights is not None:
+    tokens = tokens * pair_weights.astype(jnp.float32)
+  return jnp.sum(tokens)
+
+
 def chosen_token_count(inputs: LossInputs) -> Array:
   """[] pair-weighted count of chosen completion tokens a token mean divides by (see
   `LossInputs.chosen_token_count`), at least float32 tiny so it never divides by zero."""
-  if inputs.chosen_token_count is not None:
-    count = inputs.chosen_token_count.astype(jnp.float32)
-  else:
-    tokens = jnp.sum(inputs.chosen_mask.astype(jnp.float32), axis=-1)
-    count = jnp.sum(tokens if inputs.pair_weights is None
-                    else tokens * inputs.pair_weights.astype(jnp.float32))
+  count = (weighted_token_count(inputs.chosen_mask, inputs.pair_weights)
+           if inputs.chosen_token_count is None
+           else inputs.chosen_token_count.astype(jnp.float32))
   return jnp.maximum(count, jnp.finfo(jnp.float32).tiny)
 
 

@@ -200,8 +200,11 @@ class TokenizedPairs(Sequence[TokenizedPair]):
 
   @classmethod
   def from_pairs(cls, pairs: Sequence[TokenizedPair], pad_id: int, *,
-                 source_name: str = "generated pairs") -> "TokenizedPairs":
-    """Wraps pairs that are already token ids (an online round's samples), unchanged."""
+                 source_name: str = "generated pairs",
+                 stats: SplitStats | None = None) -> "TokenizedPairs":
+    """Wraps pairs that are already token ids (an online round's samples), unchanged.
+
+    `stats`: the counts of the split they came from (default: all of them kept)."""
     self = cls.__new__(cls)
     self.source_name = source_name
     self._pairs = list(pairs)
@@ -210,7 +213,7 @@ class TokenizedPairs(Sequence[TokenizedPair]):
                                 if getattr(p, side) is not None), default=0)
     self.max_prompt_len = longest("prompt")
     self.max_completion_len = max(longest("chosen"), longest("rejected"))
-    self.stats = SplitStats(total=len(pairs), kept=len(pairs))
+    self.stats = stats or SplitStats(total=len(pairs), kept=len(pairs))
     return self
 
   def __len__(self) -> int:

@@ -103,6 +103,12 @@ def _with_head(config, head: str, backbone):
                          rngs=nnx.Rngs(params=config.seed + 1))
 
 
+def _new_model(config, head: str, seed: int):
+  """A randomly initialised model of the config's shape, with the head `head` asks for."""
+  return _with_head(config, head,
+                    models.Transformer(model_config(config), rngs=nnx.Rngs(params=seed)))
+
+
 def init_params(config, mesh, head: str = "lm"):
   """(graphdef, params) with params created directly in their shardings on the mesh.
 
@@ -120,7 +126,7 @@ def init_params(config, mesh, head: str = "lm"):
     return graphdef, params
 
   def create():
-    return _with_head(config, head, models.Transformer(mcfg, rngs=nnx.Rngs(params=config.seed)))
+    return _new_model(config, head, config.seed)
 
   graphdef, abstract_state = nnx.split(nnx.eval_shape(create), nnx.Param)
   specs = models.param_partition_specs(abstract_state, mesh)
@@ -137,10 +143,7 @@ def load_trained(workdir: str):
   with open(os.path.join(workdir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
   head = algorithms.get_algorithm(config.loss.name).requirements.head
-  mcfg = model_config(config)
-  graphdef, abstract = nnx.split(nnx.eval_shape(
-      lambda: _with_head(config, head, models.Transformer(mcfg, rngs=nnx.Rngs(params=0)))),
-      nnx.Param)
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: _new_model(config, head, 0)), nnx.Param)
   params = nnx.to_pure_dict(abstract)
   optimizer = make_optimizer(config.optimizer, config.total_steps)
   scalar = lambda dtype, shape=(): jax.ShapeDtypeStruct(shape, dtype)  # noqa: E731
@@ -336,6 +339,22 @@ def _tokens(batch) -> int:
   return int(sum(np.sum(v) for k, v in batch.items() if k.endswith("_attention_mask")))
 
 
+def _train_side_model(exp: Experiment, loss_name: str, loss_cfg, opt_cfg, steps: int, params,
+                      ref_params, batches):
+  """`steps` plain jitted updates of a model beside the run (the SFT warm-up, PRIME's PRM):
+  no checkpoints, metrics files or eval. Returns (params, per-step losses)."""
+  optimizer = make_optimizer(opt_cfg, steps)
+  step_fn = jax.jit(make_train_step(exp.graphdef, algorithms.get_algorithm(loss_name), loss_cfg,
+                                    optimizer, learning_rate_schedule(opt_cfg, steps)))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     opt_state=optimizer.init(params), skipped_steps=jnp.zeros((), jnp.int32))
+  losses = []
+  for step in range(steps):
+    state, metrics = step_fn(state, ref_params, put_batch(batches.batch(step), exp.mesh))
+    losses.append(metrics["loss"])
+  return state.params, [float(x) for x in jax.device_get(losses)]
+
+
 def sft_warmup(exp: Experiment) -> None:
   """`config.online.sft_steps` steps of SFT on the train split's chosen responses.
 
@@ -344,20 +363,13 @@ def sft_warmup(exp: Experiment) -> None:
   """
   config = exp.config
   steps = config.online.sft_steps
-  sft = algorithms.get_algorithm("sft")
   opt_cfg = config.optimizer.copy_and_resolve_references()
   opt_cfg.learning_rate = config.online.sft_learning_rate
   opt_cfg.warmup_steps = min(opt_cfg.warmup_steps, steps)
-  schedule = learning_rate_schedule(opt_cfg, steps)
-  optimizer = make_optimizer(opt_cfg, steps)
-  step_fn = jax.jit(make_train_step(exp.graphdef, sft, config.loss, optimizer, schedule))
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=exp.state.params,
-                     opt_state=optimizer.init(exp.state.params),
-                     skipped_steps=jnp.zeros((), jnp.int32))
-  for step in range(steps):
-    state, metrics = step_fn(state, None, put_batch(exp.train_batches.batch(step), exp.mesh))
-  logging.info("SFT warm-up: %d steps, last loss %.4f", steps, float(metrics["sft_loss"]))
-  params = jax.device_put(state.params, jax.tree.map(lambda x: x.sharding, exp.state.params))
+  params, losses = _train_side_model(exp, "sft", config.loss, opt_cfg, steps,
+                                     exp.state.params, None, exp.train_batches)
+  logging.info("SFT warm-up: %d steps, last loss %.4f", steps, losses[-1])
+  params = jax.device_put(params, jax.tree.map(lambda x: x.sharding, exp.state.params))
   exp.state = exp.state.replace(params=params)
   exp.ref_params = jax.tree.map(jnp.copy, params)
 
@@ -392,23 +404,14 @@ def update_prm(exp: Experiment, workdir: str) -> None:
   if os.path.exists(path):
     return
   config = exp.config
-  prm = algorithms.get_algorithm("implicit_prm")
   prm_cfg = config.loss.copy_and_resolve_references()
   prm_cfg.update(beta=config.loss.prm_beta, prm_objective="ce")
-  batches = exp.train_batches
-  steps = batches.num_batches_per_epoch
-  optimizer = make_optimizer(config.optimizer, steps)
-  step_fn = jax.jit(make_train_step(exp.graphdef, prm, prm_cfg, optimizer,
-                                    learning_rate_schedule(config.optimizer, steps)))
-  params = jax.tree.map(jnp.copy, exp.ref_params)  # π_φ starts as the SFT policy
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=optimizer.init(params), skipped_steps=jnp.zeros((), jnp.int32))
-  losses = []
-  for step in range(steps):
-    state, metrics = step_fn(state, exp.ref_params, put_batch(batches.batch(step), exp.mesh))
-    losses.append(float(metrics["loss"]))
+  steps = exp.train_batches.num_batches_per_epoch
+  # π_φ starts as the SFT policy, which is also the PRM's frozen reference.
+  params, losses = _train_side_model(exp, "implicit_prm", prm_cfg, config.optimizer, steps,
+                                     exp.ref_params, exp.ref_params, exp.train_batches)
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(path, state.params)
+  checkpointer.save(path, params)
   checkpointer.wait_until_finished()
   with open(path + ".json", "w") as f:
     json.dump({"steps": steps, "beta": config.loss.prm_beta, "losses": losses}, f)

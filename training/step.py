@@ -34,6 +34,7 @@ import optax
 from flax import nnx
 
 from algorithms import Algorithm, LossInputs
+from algorithms.base import weighted_token_count
 from training.fused_logprobs import completion_token_logps
 from training.logprobs import token_logps
 
@@ -125,11 +126,13 @@ def head_values(graphdef, params, batch):
   Returns (chosen values [B, D], rejected values [B, D], prompt gates [B, k] or None); the
   gates are read at the last prompt token (the token before the first completion token).
   """
+  from models.heads import last_prompt_index  # local: only reward-model steps need it
+
   model = nnx.merge(graphdef, params)
-  loss_mask = _stacked(batch, "loss_mask")
-  prompt_last = jnp.maximum(jnp.argmax(loss_mask > 0, axis=-1) - 1, 0)  # [2B]
-  values, gates = model.values(_stacked(batch, "ids"), _stacked(batch, "attention_mask"),
-                               prompt_last_index=prompt_last)
+  attention = _stacked(batch, "attention_mask")
+  values, gates = model.values(
+      _stacked(batch, "ids"), attention,
+      prompt_last_index=last_prompt_index(attention, _stacked(batch, "loss_mask")))
   chosen, rejected = _unstack(values, batch)
   return chosen, rejected, None if gates is None else _unstack(gates, batch)[0]
 
@@ -228,11 +231,9 @@ def make_train_step(graphdef, algorithm: Algorithm, loss_cfg, optimizer, schedul
     micro_batches = jax.tree.map(split, batch)
     # Token-averaged losses divide by the whole batch's share of chosen tokens, so that the
     # mean of the micro-batch gradients is the whole batch's (LossInputs.chosen_token_count).
-    tokens = jnp.sum(batch["chosen_loss_mask"].astype(jnp.float32), axis=-1)
-    if "weight" in batch:
-      tokens = tokens * batch["weight"].astype(jnp.float32)
-    micro_batches["chosen_token_count"] = jnp.full(
-        (grad_accum_steps,), jnp.sum(tokens) / grad_accum_steps)
+    tokens = weighted_token_count(batch["chosen_loss_mask"], batch.get("weight"))
+    micro_batches["chosen_token_count"] = jnp.full((grad_accum_steps,),
+                                                   tokens / grad_accum_steps)
 
     def accumulate(carry, micro):
       (loss, metrics), grads = grad_fn(params, ref_params, micro)

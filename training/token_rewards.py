@@ -65,16 +65,23 @@ def add_token_rewards(pairs: TokenizedPairs, graphdef, ref_params, tokenizer,
           logps_fn(ref_params, collate(variants, length, pairs.pad_id)))
       scored[name] = (_completion_logps(chosen, variants, "chosen"),
                       _completion_logps(rejected, variants, "rejected"))
+    rewards = {side: _rewards(scored["better"][i], scored["worse"][i])
+               for i, side in enumerate(("chosen", "rejected"))}
     for n, pair in enumerate(chunk):
-      extras = dict(pair.extras)
-      for side_index, side in enumerate(("chosen", "rejected")):
-        better = scored["better"][side_index][n]
-        worse = scored["worse"][side_index][n]
-        rewards = contrastive_token_rewards(better[None], worse[None],
-                                            np.ones((1, len(better)), np.float32))
-        extras[f"{side}_token_rewards"] = np.asarray(rewards[0], np.float32)
+      extras = dict(pair.extras, **{f"{side}_token_rewards": rewards[side][n]
+                                    for side in rewards})
       out.append(dataclasses.replace(pair, extras=extras))
-  result = TokenizedPairs.from_pairs(out, pairs.pad_id, source_name=pairs.source_name)
-  result.stats = pairs.stats
-  result.max_prompt_len, result.max_completion_len = pairs.max_prompt_len, pairs.max_completion_len
-  return result
+  return TokenizedPairs.from_pairs(out, pairs.pad_id, source_name=pairs.source_name,
+                                   stats=pairs.stats)
+
+
+def _rewards(better: list[np.ndarray], worse: list[np.ndarray]) -> list[np.ndarray]:
+  """Per completion, r̂ of its tokens: one `contrastive_token_rewards` call on the chunk's
+  completions padded to a common length, cut back to each completion's own length."""
+  lengths = [len(b) for b in better]
+  width = max(lengths)
+  mask = np.arange(width)[None, :] < np.asarray(lengths)[:, None]
+  pad = lambda rows: np.stack([np.pad(r, (0, width - len(r))) for r in rows])  # noqa: E731
+  values = np.asarray(contrastive_token_rewards(pad(better), pad(worse),
+                                                mask.astype(np.float32)), np.float32)
+  return [values[n, :length] for n, length in enumerate(lengths)]
