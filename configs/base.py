@@ -158,6 +158,10 @@ def get_config() -> ml_collections.ConfigDict:
   # data.max_completion_len positions that holds the completion, with a fused backward
   # (training/fused_logprobs.py; train step, eval step and reference forward alike).
   config.model.logits_on = "all"
+  # True: each pair's prompt runs through the model once and both completions attend to
+  # it (training/shared_prompt.py); exact up to float rounding, implies the completion
+  # window head, needs prompts within data.max_prompt_len (the pipeline's limit).
+  config.model.share_prompt = False
   return config
 
 

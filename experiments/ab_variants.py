@@ -54,16 +54,16 @@ def apply_overrides(config, spec: str):
   return config
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  benchmark.set_cpu_xla_flags(_YNN.value)
+def time_interleaved(configs: dict, rounds: int, steps_per_round: int) -> dict:
+  """Compiles every config's benchmark step, then times them in interleaved rounds.
+
+  `configs` maps a name to a config. Returns, per name, a dict with the step `times` (s),
+  `tokens` per step and `compile_s`. Every step is timed to `jax.block_until_ready`.
+  """
   import jax
 
   variants = {}
-  for spec in _VARIANTS.value or ["base:"]:
-    name, _, overrides = spec.partition(":")
-    config = apply_overrides(_CONFIG.value, overrides)
+  for name, config in configs.items():
     step_fn, compile_s, state, ref_params, batch, _, _ = benchmark.build_step(config)
     state, _ = jax.block_until_ready(step_fn(state, ref_params, batch))  # warm-up
     d = config.data
@@ -72,14 +72,28 @@ def main(argv):
                           compile_s=compile_s, tokens=tokens)
 
   names = list(variants)
-  for r in range(_ROUNDS.value):
+  for r in range(rounds):
     for name in (names if r % 2 == 0 else names[::-1]):
       v = variants[name]
-      for _ in range(_STEPS.value):
+      for _ in range(steps_per_round):
         start = time.perf_counter()
         v["state"], metrics = v["step"](v["state"], v["ref"], v["batch"])
         jax.block_until_ready((v["state"], metrics))
         v["times"].append(time.perf_counter() - start)
+  return {n: dict(times=v["times"], tokens=v["tokens"], compile_s=v["compile_s"])
+          for n, v in variants.items()}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  benchmark.set_cpu_xla_flags(_YNN.value)
+  configs = {}
+  for spec in _VARIANTS.value or ["base:"]:
+    name, _, overrides = spec.partition(":")
+    configs[name] = apply_overrides(_CONFIG.value, overrides)
+  variants = time_interleaved(configs, _ROUNDS.value, _STEPS.value)
+  names = list(variants)
 
   config = _CONFIG.value
   medians = {n: statistics.median(v["times"]) for n, v in variants.items()}

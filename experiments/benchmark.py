@@ -37,6 +37,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/dpo.py:bench_tiny",
                                           "Path to a config file[:preset].", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (compiled ahead of time).")
+_MEMORY_ONLY = flags.DEFINE_bool(
+    "memory_only", False, "Compile the step from abstract shapes and print XLA's memory "
+    "accounting instead of timing it (compiled_memory); needs no memory for the model.")
 _YNN = flags.DEFINE_string(
     "cpu_ynn_fusion_type", "",
     "Value of --xla_cpu_experimental_ynn_fusion_type, which only XLA:CPU reads. '' (the "
@@ -122,6 +125,76 @@ def peak_memory() -> tuple[int, str]:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
 
 
+def compiled_memory(config) -> dict:
+  """XLA's memory accounting of the compiled train step, from abstract shapes only.
+
+  Nothing is allocated or run, so a preset can be measured on a machine that could not hold
+  it (bench_1b on this CPU). The step, optimizer, batch layout and donation are those of
+  `build_step`; parameters are `jax.ShapeDtypeStruct`s. XLA's buffer assignment reports
+  (bytes): `argument` (state, reference params, batch), `output`, `alias` (outputs written
+  into donated arguments), `temp` (every intermediate live at some point, e.g. the
+  activations kept for the backward); the step's peak is at most
+  argument + output − alias + temp. On CPU this is XLA:CPU's plan (fusion and layouts differ
+  on a GPU), so compare in-step against precomputed on the same backend, not across backends.
+  """
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  import algorithms
+  from training import loop
+  from training.optim import learning_rate_schedule, make_optimizer
+  from training.step import TrainState, make_train_step
+
+  algorithm = algorithms.get_algorithm(config.loss.name)
+  graphdef, abstract = nnx.split(
+      nnx.eval_shape(lambda: loop._new_model(config, algorithm.requirements.head, 0)),
+      nnx.Param)
+  params = nnx.to_pure_dict(abstract)
+  optimizer = make_optimizer(config.optimizer, config.total_steps)
+  scalar = jax.ShapeDtypeStruct((), jnp.int32)
+  state = TrainState(step=scalar, params=params, opt_state=jax.eval_shape(optimizer.init, params),
+                     skipped_steps=scalar)
+  d = config.data
+  rows, length = config.batch_size, d.max_prompt_len + d.max_completion_len
+  batch = {f"{side}_{key}": jax.ShapeDtypeStruct((rows, length), dtype)
+           for side in ("chosen", "rejected")
+           for key, dtype in (("ids", jnp.int32), ("attention_mask", jnp.int32),
+                              ("loss_mask", jnp.float32))}
+  ref_params = None
+  if algorithm.requirements.reference:
+    if config.reference.mode == "precomputed":
+      batch.update({f"ref_{side}_logps": jax.ShapeDtypeStruct((rows, length), jnp.float32)
+                    for side in ("chosen", "rejected")})
+    else:
+      ref_params = params
+  train_step = make_train_step(graphdef, algorithm, config.loss, optimizer,
+                               learning_rate_schedule(config.optimizer, config.total_steps),
+                               grad_accum_steps=config.grad_accum_steps,
+                               logps=loop.logp_options(config))
+  start = time.perf_counter()
+  compiled = jax.jit(train_step, donate_argnums=(0,)).lower(state, ref_params, batch).compile()
+  compile_s = time.perf_counter() - start
+  stats = compiled.memory_analysis()
+  sizes = {name: int(getattr(stats, f"{name}_size_in_bytes"))
+           for name in ("argument", "output", "alias", "temp", "generated_code")}
+  device = jax.devices()[0]
+  return {
+      "config": config.name,
+      "reference_mode": config.reference.mode,
+      "memory_source": "XLA buffer assignment of the compiled step (no allocation)",
+      "peak_memory_bound_bytes": (sizes["argument"] + sizes["output"] - sizes["alias"]
+                                  + sizes["temp"]),
+      **{f"{name}_bytes": value for name, value in sizes.items()},
+      "params": int(sum(x.size for x in jax.tree.leaves(params))),
+      "tokens_per_step": 2 * rows * length,
+      "compile_s": compile_s,
+      "platform": device.platform,
+      "device_kind": device.device_kind,
+      "jax_version": jax.__version__,
+  }
+
+
 def build_step(config):
   """(compiled step, compile seconds, state, ref_params, batch, model config, mesh)."""
   import jax
@@ -152,21 +225,19 @@ def build_step(config):
   batch = synthetic_batch(config.batch_size, d.max_prompt_len, d.max_completion_len,
                           mcfg.vocab_size, config.seed)
   batch = put_batch(batch, mesh)
-  # How log-probs are computed: the step's own options (training/step.py: pair_logps).
-  head = dict(chunk_size=int(config.model.get("logp_chunk_size", 0)),
-              logits_on=config.model.get("logits_on", "all"),
-              max_completion_len=d.max_completion_len)
+  # How log-probs are computed: the run's own options (training/step.py: LogpOptions).
+  logps = loop.logp_options(config)
   ref_params = None
   if algorithm.requirements.reference:
     # A copy, not an alias: the step donates the policy params.
     ref_params = jax.tree.map(jnp.copy, params)
     if config.reference.mode == "precomputed":
       ref_chosen, ref_rejected = jax.jit(
-          lambda p, b: pair_logps(graphdef, p, b, **head))(ref_params, batch)
+          lambda p, b: pair_logps(graphdef, p, b, logps))(ref_params, batch)
       batch = dict(batch, ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
       ref_params = None
   train_step = make_train_step(graphdef, algorithm, config.loss, optimizer, schedule,
-                               grad_accum_steps=config.grad_accum_steps, **head)
+                               grad_accum_steps=config.grad_accum_steps, logps=logps)
   start = time.perf_counter()
   # The state keeps its shardings across steps (as in training.loop), so one executable
   # serves every step.
@@ -233,7 +304,7 @@ def run(config, steps: int, warmup: int) -> dict:
       "model_impl": {k: config.model.get(k) for k in ("mlp_impl", "attention_impl",
                                                       "attention_query_blocks",
                                                       "logp_chunk_size", "logits_on",
-                                                      "remat")},
+                                                      "share_prompt", "remat")},
       "first_loss": losses[0],
       "last_loss": losses[-1],
       "mesh": dict(mesh.shape),
@@ -259,6 +330,9 @@ def main(argv):
     config_check.validate(_CONFIG.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+  if _MEMORY_ONLY.value:
+    print(json.dumps(compiled_memory(_CONFIG.value)), flush=True)
+    return
   print(json.dumps(run(_CONFIG.value, _STEPS.value, _WARMUP.value)), flush=True)
 
 

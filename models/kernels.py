@@ -20,9 +20,12 @@ With δ = rowsum(dO ⊙ O) (= rowsum(P ⊙ dP)):
     dQ = c·dS·K   dK = c·dSᵀ·Q
 
 The query axis is cut into `num_blocks` causal blocks: block i (queries [r0, r1)) only meets
-keys [0, r1), which skips most of the masked upper triangle (about half the attention FLOPs
-at many blocks). This relies on the mask being causal (true of every mask that
-`make_attention_mask` builds); key padding and segments inside it are honoured as given.
+keys [0, S − T + r1), which skips most of the masked upper triangle (about half the attention
+FLOPs at many blocks). The T queries are the LAST T of the S key positions (T = S for a plain
+sequence; T < S when a completion attends to a shared prompt's keys followed by its own, see
+`Transformer.prefix_shared_hidden_states`). This relies on the mask being causal in that
+sense (query t never sees key s > S − T + t; true of every mask the model builds); key
+padding and segments inside it are honoured as given.
 """
 
 from __future__ import annotations
@@ -99,7 +102,8 @@ def attention_reference(q, k, v, mask):
 def attention(q, k, v, mask, num_blocks: int = 1):
   """Causal grouped-query attention with a hand-written backward (module doc).
 
-  Shapes as `attention_reference`; `mask` must be causal (query t never sees key s > t).
+  Shapes as `attention_reference` with T <= S; the queries are the last T key positions and
+  `mask` must be causal in that sense (query t never sees key s > S − T + t).
   Inside, the layouts are head-major ([B, K, G, T, H], [B, K, S, H]): one transpose each
   way, after which every block's GEMMs batch over contiguous leading dims (≈5% faster on
   the bench_tiny step than einsums on the token-major layout).
@@ -111,11 +115,17 @@ def attention(q, k, v, mask, num_blocks: int = 1):
   return out.transpose(0, 3, 1, 2, 4)
 
 
+def _key_end(q, k, r1: int) -> int:
+  """Keys [0, end) that query block [r0, r1) can see: the queries are the last T keys."""
+  return k.shape[2] - q.shape[3] + r1
+
+
 def _block_probs(q, k, mask, r0, r1, scale):
-  """Softmax probabilities [B, K, G, r1-r0, r1] (float32) of query block [r0, r1)."""
-  scores = jnp.einsum('bkgth,bksh->bkgts', q[:, :, :, r0:r1], k[:, :, :r1],
+  """Softmax probabilities [B, K, G, r1-r0, end] (float32) of query block [r0, r1)."""
+  end = _key_end(q, k, r1)
+  scores = jnp.einsum('bkgth,bksh->bkgts', q[:, :, :, r0:r1], k[:, :, :end],
                       preferred_element_type=jnp.float32) * scale
-  return jax.nn.softmax(jnp.where(mask[:, None, None, r0:r1, :r1], scores, _MASK_VALUE),
+  return jax.nn.softmax(jnp.where(mask[:, None, None, r0:r1, :end], scores, _MASK_VALUE),
                         axis=-1)
 
 
@@ -130,7 +140,7 @@ def _attention_fwd(q, k, v, mask, num_blocks):
   outs, probs = [], []
   for r0, r1 in _blocks(q.shape[3], num_blocks):
     p = _block_probs(q, k, mask, r0, r1, scale).astype(q.dtype)
-    outs.append(jnp.einsum('bkgts,bksh->bkgth', p, v[:, :, :r1]))
+    outs.append(jnp.einsum('bkgts,bksh->bkgth', p, v[:, :, :_key_end(q, k, r1)]))
     probs.append(p)
   out = jnp.concatenate(outs, axis=3)
   return out, (q, k, v, mask, out, probs)
@@ -151,14 +161,15 @@ def _attention_bwd(num_blocks, res, dout):
   dk = jnp.zeros(k.shape, jnp.float32)
   dv = jnp.zeros(v.shape, jnp.float32)
   for (r0, r1), p in zip(_blocks(q.shape[3], num_blocks), probs):
+    end = _key_end(q, k, r1)
     do = dout[:, :, :, r0:r1]
     dv += _pad_keys(jnp.einsum('bkgts,bkgth->bksh', p, do,
                                preferred_element_type=jnp.float32), num_keys)
-    dp = jnp.einsum('bkgth,bksh->bkgts', do, v[:, :, :r1], preferred_element_type=jnp.float32)
+    dp = jnp.einsum('bkgth,bksh->bkgts', do, v[:, :, :end], preferred_element_type=jnp.float32)
     ds = p.astype(jnp.float32) * (dp - delta[..., r0:r1, None])
     # Masked scores were constants in the forward: no gradient flows through them.
-    ds = jnp.where(mask[:, None, None, r0:r1, :r1], ds, 0.0).astype(q.dtype)
-    dq_blocks.append(jnp.einsum('bkgts,bksh->bkgth', ds, k[:, :, :r1],
+    ds = jnp.where(mask[:, None, None, r0:r1, :end], ds, 0.0).astype(q.dtype)
+    dq_blocks.append(jnp.einsum('bkgts,bksh->bkgth', ds, k[:, :, :end],
                                 preferred_element_type=jnp.float32) * scale)
     dk += _pad_keys(jnp.einsum('bkgts,bkgth->bksh', ds, q[:, :, :, r0:r1],
                                preferred_element_type=jnp.float32), num_keys) * scale

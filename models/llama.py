@@ -179,9 +179,8 @@ class Attention(nnx.Module):
     out = out.reshape(b, t, k * g, h)
     return jnp.einsum('btnh,nhd->btd', out, self.o_proj[...].astype(self.dtype))
 
-  def __call__(self, x, cos, sin, mask):
-    """x [B, T, D]; cos/sin [B, T, H]; mask [B, T, S] bool -> [B, T, D]."""
-    q, k, v = self._qkv(x, cos, sin)
+  def _attend(self, q, k, v, mask):
+    """q [B, T, K, G, H], k/v [B, S, K, H] (queries = the last T keys) -> [B, T, D]."""
     # Scores and softmax in float32 (stable even with bf16 compute), masked
     # with a finite minimum; see models/kernels.py for both variants.
     if self.impl == 'custom_vjp':
@@ -189,6 +188,32 @@ class Attention(nnx.Module):
     else:
       out = kernels.attention_reference(q, k, v, mask)  # [B, T, K, G, H]
     return self._output(out)
+
+  def __call__(self, x, cos, sin, mask):
+    """x [B, T, D]; cos/sin [B, T, H]; mask [B, T, S] bool -> [B, T, D]."""
+    return self._attend(*self._qkv(x, cos, sin), mask)
+
+  def prefix_shared(self, prefix, suffix, rope, masks):
+    """Attention of a shared prefix and of the R suffixes that continue it.
+
+    Args:
+      prefix: [B, P, D] inputs of the prefix tokens (a pair's prompt).
+      suffix: [R*B, C, D] inputs of the suffixes (chosen rows, then rejected rows).
+      rope: ((cos, sin) [B, P, H] of the prefix, (cos, sin) [R*B, C, H] of the suffixes).
+      masks: (prefix mask [B, P, P], suffix mask [R*B, C, P + C]) bool.
+
+    Returns:
+      ([B, P, D], [R*B, C, D]). Suffix row r*B + b attends to prefix b's keys and values
+      (computed once, tiled R times) followed by its own.
+    """
+    (prefix_rope, suffix_rope), (prefix_mask, suffix_mask) = rope, masks
+    qp, kp, vp = self._qkv(prefix, *prefix_rope)
+    qs, ks, vs = self._qkv(suffix, *suffix_rope)
+    repeats = suffix.shape[0] // prefix.shape[0]
+    ks = jnp.concatenate([jnp.concatenate([kp] * repeats, axis=0), ks], axis=1)
+    vs = jnp.concatenate([jnp.concatenate([vp] * repeats, axis=0), vs], axis=1)
+    return (self._attend(qp, kp, vp, prefix_mask),  # [B, P, D]
+            self._attend(qs, ks, vs, suffix_mask))  # [R*B, C, D]
 
   def cached(self, x, cos, sin, mask, cache, index):
     """Attention for T new tokens against a KV cache (inference only).
@@ -250,6 +275,14 @@ class Block(nnx.Module):
     x = x + self.attn(self.input_norm(x), cos, sin, mask)
     return x + self.mlp(self.post_attn_norm(x))
 
+  def prefix_shared(self, prefix, suffix, rope, masks):
+    """`__call__` on a shared prefix and its suffixes (see Attention.prefix_shared)."""
+    a_prefix, a_suffix = self.attn.prefix_shared(self.input_norm(prefix),
+                                                 self.input_norm(suffix), rope, masks)
+    prefix, suffix = prefix + a_prefix, suffix + a_suffix
+    return (prefix + self.mlp(self.post_attn_norm(prefix)),
+            suffix + self.mlp(self.post_attn_norm(suffix)))
+
   def cached(self, x, cos, sin, mask, cache, index):
     """`__call__` with a KV cache (see Attention.cached) -> (x, cache)."""
     a, cache = self.attn.cached(self.input_norm(x), cos, sin, mask, cache, index)
@@ -259,6 +292,10 @@ class Block(nnx.Module):
 
 def _run_block(block: Block, x, cos, sin, mask):
   return block(x, cos, sin, mask)
+
+
+def _run_block_prefix_shared(block: Block, prefix, suffix, rope, masks):
+  return block.prefix_shared(prefix, suffix, rope, masks)
 
 
 # ----------------------------------------------------------------------------
@@ -353,6 +390,50 @@ class Transformer(nnx.Module):
     for block in self.layers:
       x = block_fn(block, x, cos, sin, mask)
     return self.final_norm(x)
+
+  def prefix_shared_hidden_states(self, prefix_ids, prefix_mask, suffix_ids, suffix_mask):
+    """Final-norm hidden states of R sequences per row that share their first tokens.
+
+    Sequence (r, b) is prefix b followed by suffix r*B + b (a pair's prompt followed by its
+    chosen, then its rejected completion). The prefix runs through the model once instead
+    of R times; each suffix attends to its prefix's keys and values, then causally to its
+    own. The values equal `hidden_states` of the concatenated sequences (same positions,
+    same mask) up to float rounding: "prefix sharing" (Wang et al. 2024, "Accelerating
+    Direct Preference Optimization with Prefix Sharing", arXiv 2410.20305).
+
+    Args:
+      prefix_ids: [B, P] int, right-padded: row b's prefix is its first sum(prefix_mask[b])
+        tokens.
+      prefix_mask: [B, P], 1 on the prefix tokens, 0 on padding.
+      suffix_ids: [R*B, C] int, right-padded; suffix token j of row b sits at position
+        len(prefix b) + j.
+      suffix_mask: [R*B, C], 1 on real suffix tokens.
+
+    Returns:
+      (prefix hidden [B, P, D], suffix hidden [R*B, C, D]) in the compute dtype.
+    """
+    cfg = self.config
+    (batch, p), (rows, c) = prefix_ids.shape, suffix_ids.shape
+    repeats = rows // batch
+    prefix_len = jnp.sum(prefix_mask != 0, axis=1).astype(jnp.int32)  # [B]
+    prefix_pos = default_positions(prefix_ids, prefix_mask)  # [B, P]
+    suffix_pos = jnp.tile(prefix_len, repeats)[:, None] + jnp.arange(c, dtype=jnp.int32)
+    inv_freq = rope_inv_freq(cfg)
+    rope = (rope_cos_sin_table(prefix_pos, inv_freq, p + c),
+            rope_cos_sin_table(suffix_pos, inv_freq, p + c))
+    prefix_keys = jnp.tile(prefix_mask != 0, (repeats, 1))[:, None, :]  # [R*B, 1, P]
+    suffix_causal = make_attention_mask(c, suffix_mask)  # [R*B, C, C]
+    masks = (make_attention_mask(p, prefix_mask),
+             jnp.concatenate([jnp.broadcast_to(prefix_keys, (rows, c, p)), suffix_causal],
+                             axis=2))  # [R*B, C, P + C]
+
+    embed = lambda ids: jnp.take(self.embedding[...], ids, axis=0).astype(cfg.compute_dtype)
+    prefix, suffix = embed(prefix_ids), embed(suffix_ids)
+    block_fn = (nnx.remat(_run_block_prefix_shared) if cfg.remat == 'block'
+                else _run_block_prefix_shared)
+    for block in self.layers:
+      prefix, suffix = block_fn(block, prefix, suffix, rope, masks)
+    return self.final_norm(prefix), self.final_norm(suffix)
 
   # --------------------------------------------------------------------------
   # Incremental decoding (sampling). The training path above never uses it.

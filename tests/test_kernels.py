@@ -49,6 +49,26 @@ def test_attention_value_and_grads(num_blocks):
   _close(vjp(dout), ref_vjp(dout))
 
 
+@pytest.mark.parametrize("num_blocks", [1, 2])
+def test_attention_queries_as_last_keys(num_blocks):
+  """T < S: the queries are the last T of S keys (completions after a shared prompt), with
+  key padding in the middle of the key axis."""
+  b, t, s, kv, g, h = 2, 5, 8, 1, 2, 4
+  keys = jax.random.split(jax.random.key(4), 4)
+  q = jax.random.normal(keys[0], (b, t, kv, g, h))
+  k = jax.random.normal(keys[1], (b, s, kv, h))
+  v = jax.random.normal(keys[2], (b, s, kv, h))
+  dout = jax.random.normal(keys[3], (b, t, kv, g, h))
+  prompt_keys = jnp.array([[1, 1, 0], [1, 1, 1]], bool)  # row 0: one padded prompt key
+  causal = make_attention_mask(t, jnp.array([[1] * 5, [1, 1, 1, 0, 0]]))  # [B, T, T]
+  mask = jnp.concatenate([jnp.broadcast_to(prompt_keys[:, None], (b, t, 3)), causal], axis=2)
+  out, vjp = jax.vjp(lambda q, k, v: kernels.attention(q, k, v, mask, num_blocks), q, k, v)
+  ref_out, ref_vjp = jax.vjp(lambda q, k, v: kernels.attention_reference(q, k, v, mask),
+                             q, k, v)
+  _close(out, ref_out)
+  _close(vjp(dout), ref_vjp(dout))
+
+
 def test_model_grads_match_autodiff():
   cfg = ModelConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_layers=2,
                     num_heads=4, num_kv_heads=2, attention_query_blocks=3)

@@ -129,18 +129,22 @@ def test_bad_config_values_are_rejected_before_compute(override, message):
     config_check.validate(micro_config(**override))
 
 
-def _mesh_run(tmp_path, tfds_dir, devices, data, fsdp, tensor, accum=1):
-  out = str(tmp_path / f"mesh_{data}{fsdp}{tensor}_{accum}.npz")
+def _mesh_run(tmp_path, tfds_dir, devices, data, fsdp, tensor, accum=1, share_prompt=False):
+  share = str(int(share_prompt))
+  out = str(tmp_path / f"mesh_{data}{fsdp}{tensor}_{accum}_{share}.npz")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   subprocess.run([sys.executable, os.path.join(ROOT, "tests", "mesh_worker.py"), out, str(data),
-                  str(fsdp), str(tensor), str(accum), tfds_dir], check=True, env=env, cwd=ROOT)
+                  str(fsdp), str(tensor), str(accum), tfds_dir, share], check=True, env=env,
+                 cwd=ROOT)
   return dict(np.load(out))
 
 
-def test_2x2x2_mesh_on_8_devices_matches_one_device(tmp_path, tfds_dir):
+@pytest.mark.parametrize("share_prompt", [False, True])
+def test_2x2x2_mesh_on_8_devices_matches_one_device(tmp_path, tfds_dir, share_prompt):
+  """Also: the shared prompt forward on the sharded mesh equals the plain one on one device."""
   single = _mesh_run(tmp_path, tfds_dir, 1, 1, 1, 1)
-  sharded = _mesh_run(tmp_path, tfds_dir, 8, 2, 2, 2)
+  sharded = _mesh_run(tmp_path, tfds_dir, 8, 2, 2, 2, share_prompt=share_prompt)
   assert int(single["devices"]) == 1 and int(sharded["devices"]) == 8
   np.testing.assert_allclose(sharded["losses"], single["losses"], atol=1e-5)
   params = [k for k in single if k not in ("losses", "devices")]

@@ -34,8 +34,8 @@ from training.mesh import batch_sharding, make_mesh, put_batch, replicated
 from training.metrics import MetricsWriter, plot_curves, read_metrics
 from training.optim import learning_rate_schedule, make_optimizer
 from training.reference import ReferenceCache, fingerprint
-from training.step import (TrainState, initial_rng, make_eval_step, make_train_step,
-                           pair_logps)
+from training.step import (LogpOptions, TrainState, initial_rng, make_eval_step,
+                           make_train_step, pair_logps)
 
 
 class NonFiniteError(FloatingPointError):
@@ -246,15 +246,26 @@ def build(config, workdir: str) -> Experiment:
 def make_train_step_for(exp: Experiment):
   """The experiment's (unjitted) train step."""
   config = exp.config
-  # The completion window must hold every completion: an online round's samples are bounded
-  # by online.max_new_tokens, not by data.max_completion_len (the pipeline checks only their
-  # total length).
-  window = config.data.max_completion_len
-  if exp.algorithm.requirements.online:
-    window = max(window, config.online.max_new_tokens)
   return make_train_step(exp.graphdef, exp.algorithm, config.loss, exp.optimizer,
                          exp.schedule, grad_accum_steps=config.grad_accum_steps,
-                         logits_on=config.model.logits_on, max_completion_len=window)
+                         logps=logp_options(config, online=exp.algorithm.requirements.online))
+
+
+def logp_options(config, *, online: bool = False) -> LogpOptions:
+  """How the run computes log-probs (`training.step.LogpOptions`), from `config.model`.
+
+  The completion window must hold every completion: an online round's samples are bounded
+  by online.max_new_tokens, not by data.max_completion_len (the pipeline checks only their
+  total length), so `online=True` widens it.
+  """
+  window = config.data.max_completion_len
+  if online:
+    window = max(window, config.online.max_new_tokens)
+  m = config.model
+  # .get: a run's config.json from before a knob existed still loads (load_trained).
+  return LogpOptions(chunk_size=m.get("logp_chunk_size", 0), logits_on=m.get("logits_on", "all"),
+                     max_completion_len=window, share_prompt=m.get("share_prompt", False),
+                     max_prompt_len=config.data.max_prompt_len)
 
 
 def _like_params(tree, param_sharding, mesh):
@@ -280,9 +291,7 @@ def _reference_cache(exp: Experiment, workdir: str) -> tuple[ReferenceCache, Ref
   key = fingerprint({"data": config.data.to_dict(), "model": config.model.to_dict(),
                      "seed": config.seed, "process": jax.process_index(),
                      "source": [len(exp.train_source), len(exp.eval_source)]})
-  logps_fn = jax.jit(lambda p, b: pair_logps(
-      exp.graphdef, p, b, logits_on=config.model.logits_on,
-      max_completion_len=config.data.max_completion_len))
+  logps_fn = jax.jit(lambda p, b: pair_logps(exp.graphdef, p, b, logp_options(config)))
   caches = []
   for split, source in (("train", exp.train_source), ("eval", exp.eval_source)):
     path = os.path.join(workdir, "reference_cache", f"{split}-{key}.npz")
@@ -477,8 +486,7 @@ def train(config, workdir: str, *, stop_at: int | None = None) -> dict:
     evaluate_split = lambda params: evaluate_online(exp, params)  # noqa: E731
   else:
     eval_fn = jax.jit(make_eval_step(exp.graphdef, exp.algorithm, config.loss,
-                                     logits_on=config.model.logits_on,
-                                     max_completion_len=config.data.max_completion_len))
+                                     logps=logp_options(config)))
     evaluate_split = lambda params: evaluate(exp, eval_fn, params, ref_params,  # noqa: E731
                                              eval_cache)
 

@@ -25,6 +25,7 @@ pair-weighted chosen-token count / k, so their micro-batch gradients average exa
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.struct
@@ -37,6 +38,7 @@ from algorithms import Algorithm, LossInputs
 from algorithms.base import weighted_token_count
 from training.fused_logprobs import completion_token_logps
 from training.logprobs import token_logps
+from training.shared_prompt import shared_prompt_token_logps
 
 PyTree = Any
 
@@ -98,25 +100,49 @@ def check_logits_on(logits_on: str):
                      f"{logits_on!r}")
 
 
-def pair_logps(graphdef, params, batch, *, chunk_size: int = 0, logits_on: str = "all",
-               max_completion_len: int = 0):
-  """Policy log-probs for chosen and rejected in one forward: two [B, T] arrays (the second
-  None for a batch of single responses).
+@dataclasses.dataclass(frozen=True)
+class LogpOptions:
+  """How `pair_logps` computes log-probs. None of them changes a value a loss reads.
 
-  `logits_on="all"` projects every position (over `chunk_size` positions at a time when > 0);
-  `"completion"` projects only a window of `max_completion_len` positions (0: T − 1) that
-  holds each row's loss-mask tokens, with a fused backward (training/fused_logprobs.py). The
-  two agree wherever the loss mask is 1; elsewhere the window version holds 0, and a row whose
-  completion overruns the window is NaN (the step's non-finite guard then skips the update).
+  chunk_size: > 0 projects all positions `chunk_size` at a time (logits_on="all" only).
+  logits_on: "all" projects every position; "completion" only a window of
+    `max_completion_len` positions that holds each row's loss-mask tokens, with a fused
+    backward (training/fused_logprobs.py).
+  max_completion_len: that window (0: T − 1).
+  share_prompt: pairs run their common prompt through the model once, both completions
+    attending to it (training/shared_prompt.py); implies the completion window head.
+    Batches without a rejected side use the options above.
+  max_prompt_len: the prompt window of `share_prompt` (0: T − 1).
   """
-  check_logits_on(logits_on)
+  chunk_size: int = 0
+  logits_on: str = "all"
+  max_completion_len: int = 0
+  share_prompt: bool = False
+  max_prompt_len: int = 0
+
+  def __post_init__(self):
+    check_logits_on(self.logits_on)
+
+
+def pair_logps(graphdef, params, batch, options: LogpOptions = LogpOptions()):
+  """Policy log-probs for chosen and rejected in one forward: two [B, T] arrays (the second
+  None for a batch of single responses), computed as `options` says (`LogpOptions`).
+
+  The ways agree wherever the loss mask is 1. Elsewhere the windowed ones hold 0, and a row
+  whose completion overruns the window (or, with `share_prompt`, a pair whose two rows do not
+  share their prompt) is NaN: the step's non-finite guard then skips the update.
+  """
   model = nnx.merge(graphdef, params)
   ids, attention = _stacked(batch, "ids"), _stacked(batch, "attention_mask")  # [S*B, T]
-  if logits_on == "completion":
+  if options.share_prompt and "rejected_ids" in batch:
+    logps = shared_prompt_token_logps(model, ids, attention, _stacked(batch, "loss_mask"),
+                                      num_sides=2, max_prompt_len=options.max_prompt_len,
+                                      max_completion_len=options.max_completion_len)
+  elif options.logits_on == "completion" or options.share_prompt:
     logps = completion_token_logps(model, ids, attention, _stacked(batch, "loss_mask"),
-                                   max_completion_len=max_completion_len)
+                                   max_completion_len=options.max_completion_len)
   else:
-    logps = token_logps(model, ids, attention, chunk_size=chunk_size)
+    logps = token_logps(model, ids, attention, chunk_size=options.chunk_size)
   return _unstack(logps, batch)
 
 
@@ -150,19 +176,17 @@ _EXTRA_FIELDS = {
 }
 
 
-def loss_inputs(graphdef, params, ref_params, batch, algorithm: Algorithm, *,
-                chunk_size: int = 0, logits_on: str = "all",
-                max_completion_len: int = 0) -> LossInputs:
+def loss_inputs(graphdef, params, ref_params, batch, algorithm: Algorithm,
+                logps: LogpOptions = LogpOptions()) -> LossInputs:
   """Runs exactly the forward passes `algorithm` asks for and packs their results.
 
   The frozen model `ref_params` serves both the reference and the previous iterate π_t: in
   one online round both are the policy the run started from (the multi-round loop that moves
   π_t is experiments/iterate.py's job). Precomputed reference log-probs in the batch replace
-  its forward pass. `chunk_size`, `logits_on` and `max_completion_len` go to `pair_logps`,
-  for the policy and the reference alike.
+  its forward pass. `logps` says how `pair_logps` computes log-probs, for the policy and the
+  reference alike.
   """
   needs = algorithm.requirements
-  head = dict(chunk_size=chunk_size, logits_on=logits_on, max_completion_len=max_completion_len)
   extras = {field: batch[key] for key, field in _EXTRA_FIELDS.items() if key in batch}
   if needs.outcome_labels and "chosen_label" not in batch and "rejected_ids" in batch:
     # Preference pairs without labels: the chosen answer is the correct one.
@@ -177,14 +201,14 @@ def loss_inputs(graphdef, params, ref_params, batch, algorithm: Algorithm, *,
     return LossInputs(policy_chosen_logps=None, policy_rejected_logps=None,
                       chosen_values=chosen, rejected_values=rejected, preference_gates=gates,
                       **masks)
-  policy_chosen, policy_rejected = pair_logps(graphdef, params, batch, **head)
+  policy_chosen, policy_rejected = pair_logps(graphdef, params, batch, logps)
   frozen = (None, None)
   if needs.reference or needs.previous_policy:
     if "ref_chosen_logps" in batch:
       frozen = batch["ref_chosen_logps"], batch.get("ref_rejected_logps")
     else:
       frozen = jax.lax.stop_gradient(
-          pair_logps(graphdef, ref_params, batch, **head))
+          pair_logps(graphdef, ref_params, batch, logps))
   ref = frozen if needs.reference else (None, None)
   prev = frozen if needs.previous_policy else (None, None)
   return LossInputs(
@@ -203,17 +227,14 @@ def _tree_where(pred, on_true, on_false):
 
 
 def make_train_step(graphdef, algorithm: Algorithm, loss_cfg, optimizer, schedule, *,
-                    grad_accum_steps: int = 1, chunk_size: int = 0, logits_on: str = "all",
-                    max_completion_len: int = 0):
+                    grad_accum_steps: int = 1, logps: LogpOptions = LogpOptions()):
   """Returns the (unjitted) train step; `training.loop` jits it with shardings.
 
-  `chunk_size`, `logits_on`, `max_completion_len`: how log-probs are computed (`pair_logps`).
+  `logps`: how log-probs are computed (`LogpOptions`).
   """
-  check_logits_on(logits_on)
 
   def loss_and_metrics(params, ref_params, batch):
-    inputs = loss_inputs(graphdef, params, ref_params, batch, algorithm, chunk_size=chunk_size,
-                         logits_on=logits_on, max_completion_len=max_completion_len)
+    inputs = loss_inputs(graphdef, params, ref_params, batch, algorithm, logps)
     return algorithm.loss_fn(inputs, loss_cfg)
 
   grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
@@ -269,18 +290,16 @@ def make_train_step(graphdef, algorithm: Algorithm, loss_cfg, optimizer, schedul
   return train_step
 
 
-def make_eval_step(graphdef, algorithm: Algorithm, loss_cfg, *, chunk_size: int = 0,
-                   logits_on: str = "all", max_completion_len: int = 0):
+def make_eval_step(graphdef, algorithm: Algorithm, loss_cfg, *,
+                   logps: LogpOptions = LogpOptions()):
   """Returns `eval_step(params, ref_params, batch) -> (weighted metric sums, weight sum)`.
 
   Summing both over batches and dividing gives exact split averages even when the last
-  batch is padded with filler pairs of weight 0. The keyword options are `make_train_step`'s.
+  batch is padded with filler pairs of weight 0. `logps` as in `make_train_step`.
   """
-  check_logits_on(logits_on)
 
   def eval_step(params, ref_params, batch):
-    inputs = loss_inputs(graphdef, params, ref_params, batch, algorithm, chunk_size=chunk_size,
-                         logits_on=logits_on, max_completion_len=max_completion_len)
+    inputs = loss_inputs(graphdef, params, ref_params, batch, algorithm, logps)
     loss, metrics = algorithm.loss_fn(inputs, loss_cfg)
     weight = jnp.sum(batch["weight"]) if "weight" in batch else jnp.float32(
         batch["chosen_ids"].shape[0])
