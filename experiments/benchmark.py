@@ -182,6 +182,8 @@ def compiled_memory(config) -> dict:
   return {
       "config": config.name,
       "reference_mode": config.reference.mode,
+      "share_prompt": config.model.get("share_prompt", False),
+      "logits_on": config.model.get("logits_on", "all"),
       "memory_source": "XLA buffer assignment of the compiled step (no allocation)",
       "peak_memory_bound_bytes": (sizes["argument"] + sizes["output"] - sizes["alias"]
                                   + sizes["temp"]),

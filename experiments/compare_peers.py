@@ -24,10 +24,11 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 
 from absl import app, flags
+
+from experiments.processes import run_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,16 +82,6 @@ def contestants() -> dict[str, list[str]]:
   return runs
 
 
-def run_once(command: list[str]) -> dict:
-  """Runs one benchmark process; returns its last JSON line."""
-  proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
-  if proc.returncode or not lines:
-    raise RuntimeError(f"{shlex.join(command)} failed ({proc.returncode}):\n"
-                       f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-  return json.loads(lines[-1])
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -100,7 +91,7 @@ def main(argv):
   for round_index in range(_ROUNDS.value):
     order = names if round_index % 2 == 0 else names[::-1]
     for name in order:
-      result = run_once(runs[name])
+      result = run_json(runs[name])
       rates[name].append(result["tokens_per_s"])
       print(f"round {round_index + 1} {name:>10}: {result['tokens_per_s']:8.1f} tokens/s",
             flush=True)

@@ -61,3 +61,34 @@ def test_peak_table():
   assert benchmark.peak_flops("TPU v5 lite") == 197e12
   assert benchmark.peak_flops("TPU v5p") == 459e12
   assert benchmark.peak_flops("cpu") is None
+
+
+def test_compiled_memory_precomputed_reference_needs_less():
+  """--memory_only: XLA's accounting of the step; dropping the in-step reference drops its
+  weights from the arguments, so the bound falls by at least their size."""
+  results = {}
+  for mode in ("in_step", "precomputed"):
+    config = _small_config()
+    config.reference.mode = mode
+    results[mode] = benchmark.compiled_memory(config)
+  in_step, precomputed = results["in_step"], results["precomputed"]
+  param_bytes = 4 * in_step["params"]  # fp32 master weights
+  assert in_step["argument_bytes"] - precomputed["argument_bytes"] >= param_bytes - 4 * 2 * 2 * 10
+  assert precomputed["peak_memory_bound_bytes"] < in_step["peak_memory_bound_bytes"]
+  assert in_step["alias_bytes"] > 0  # the donated state is updated in place
+  assert in_step["share_prompt"] is True and in_step["platform"] == "cpu"
+
+
+def test_length_scaling_work_formula():
+  """W(S) = T·(8N + 8DV + 16·L·A·S): the attention term is what makes W superlinear in S."""
+  from experiments import benchmark_work
+  from models import num_non_embedding_params
+  from training import loop
+
+  config = _small_config()
+  m = loop.model_config(config)
+  n = num_non_embedding_params(m)
+  for s in (10, 40):
+    expected = 2 * 2 * s * (8 * (n + 32 * 64) + 16 * 1 * 2 * 16 * s)
+    assert benchmark_work.work_per_step(config, s) == expected
+  assert benchmark_work.split_length(config, 40) == (16, 24)  # the preset's 4 : 6

@@ -1,0 +1,19 @@
+"""Running one benchmark process and reading the JSON line it prints last."""
+
+import json
+import os
+import shlex
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_json(command: list[str]) -> dict:
+  """Runs `command` in the repository root; returns the last line of its stdout that starts
+  with '{', parsed. Raises RuntimeError with the command and the output tails otherwise."""
+  proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+  if proc.returncode or not lines:
+    raise RuntimeError(f"{shlex.join(command)} failed ({proc.returncode}):\n"
+                       f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+  return json.loads(lines[-1])
