@@ -157,7 +157,8 @@ def test_cli_trains_and_rejects_bad_overrides(tmp_path, tfds_dir):
   workdir = str(tmp_path / "cli")
   base = [sys.executable, "-m", "experiments.train", "--config=configs/dpo.py:tiny",
           f"--workdir={workdir}", f"--config.data.data_dir={tfds_dir}",
-          "--config.total_steps=3", "--config.optimizer.warmup_steps=1", "--config.eval_every=0", "--config.progress_bar=False",
+          "--config.total_steps=3", "--config.optimizer.warmup_steps=1", "--config.eval_every=0",
+          "--config.progress_bar=False",
           "--config.model.num_layers=1", "--config.data.synthetic_train_size=128",
           "--config.data.synthetic_test_size=16", "--config.eval_batch_size=16"]
   done = subprocess.run(base, cwd=ROOT, capture_output=True, text=True)
