@@ -96,3 +96,27 @@ def test_gpo_round_scored_by_a_trained_gpm(tmp_path, tfds_dir):
   assert record["scorer"] == "gpm" and table.shape == (32, 4, 4)
   np.testing.assert_allclose(table, -np.swapaxes(table, 1, 2), atol=1e-5)  # s(i,j) = −s(j,i)
   assert np.abs(table).max() > 0
+
+
+@pytest.mark.parametrize("name", ["t_reg", "dno",
+                                  pytest.param("ld_dpo", marks=pytest.mark.slow),
+                                  pytest.param("implicit_prm", marks=pytest.mark.slow)])
+def test_shared_prompt_trains_like_the_plain_forward(name, tmp_path, tfds_dir):
+  """`model.share_prompt` on losses that read per-token masks and extras (LD-DPO's tail,
+  T-REG's token rewards, the implicit PRM's step ends) and on an online round's pairs: no
+  pair is poisoned (skipped_steps 0) and the losses follow the plain forward's (offline
+  losses; the online run is only checked for poisoning, its SFT warm-up is the slow part)."""
+  losses = {}
+  for share in ((True,) if name in ONLINE else (False, True)):
+    config = _micro(importlib.import_module(f"configs.{name}").get_config("tiny"), name,
+                    tfds_dir)
+    config.update(total_steps=4, eval_every=0, checkpoint_every=0)
+    config.optimizer.warmup_steps = 1
+    config.model.share_prompt = share
+    workdir = tmp_path / f"share_{share}"
+    summary = loop.train(config, str(workdir))
+    assert summary["final_step"] == 4 and summary["skipped_steps"] == 0
+    with open(workdir / "metrics.jsonl") as f:
+      losses[share] = [r["loss"] for r in map(json.loads, f) if "loss" in r]
+  if False in losses:
+    np.testing.assert_allclose(losses[True], losses[False], rtol=2e-4, atol=1e-5)
