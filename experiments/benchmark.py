@@ -19,8 +19,10 @@ counted, the same formula as the TRL anchor so that MFU and tokens/s compare dir
       + 2 * N * T   reference forward, only when it runs inside the step (reference.mode
                     "in_step"); 0 when "precomputed" (the batch carries ref log-probs)
 
-`mfu = F / step_time_s / peak`, with `peak` the device's dense bf16 rate (table below; null
-where unknown, e.g. CPU). `--cpu_ynn_fusion_type` sets XLA:CPU's YNNPACK fusion list before
+`work_flops_per_step` adds what F leaves out, the lm_head and attention (T·(8·N + 8·D·V +
+16·L·A·S) with an in-step reference; experiments/benchmark_work.py), for comparisons across
+sequence lengths. `mfu = F / step_time_s / peak`, with `peak` the device's dense bf16 rate
+(table below; null where unknown, e.g. CPU). `--cpu_ynn_fusion_type` sets XLA:CPU's YNNPACK fusion list before
 JAX initialises (see docs/performance.md for why the default turns it off).
 """
 
@@ -32,6 +34,8 @@ import time
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from experiments.benchmark_work import work_per_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/dpo.py:bench_tiny",
                                           "Path to a config file[:preset].", lock_config=True)
@@ -289,6 +293,8 @@ def run(config, steps: int, warmup: int) -> dict:
       "first_step_s": first_step_s,
       "model_flops_per_step": flops,
       "flops_formula": "(6 + 2*in_step_reference) * N_non_embedding * T",
+      # Attention and lm_head included (experiments/benchmark_work.py): what the step costs.
+      "work_flops_per_step": work_per_step(config, d.max_prompt_len + d.max_completion_len),
       "achieved_tflops": flops / step_time / 1e12,
       "mfu": None if peak is None else flops / step_time / (peak * jax.device_count()),
       "peak_bf16_flops_per_device": peak,

@@ -40,6 +40,7 @@ def test_benchmark_prints_one_json_line():
   assert result["config"] == "dpo:bench_tiny"
   assert result["tokens_per_step"] == 2 * 2 * (4 + 6)
   assert result["model_flops_per_step"] == 8 * result["non_embedding_params"] * 40
+  assert result["work_flops_per_step"] > result["model_flops_per_step"]  # + head, attention
   assert result["mfu"] is None and result["device_kind"] == "cpu"  # no CPU peak rate
   assert result["tokens_per_s"] > 0 and result["peak_memory_bytes"] > 0
   assert "--xla_cpu_experimental_ynn_fusion_type=" in result["xla_flags"]
