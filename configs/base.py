@@ -94,6 +94,10 @@ def get_config() -> ml_collections.ConfigDict:
   # A prompt over max_prompt_len: "truncate" keeps its end (the text right before the
   # answer), "drop" skips the pair (counted in the logs).
   config.data.on_long_prompt = "truncate"
+  # > 0: each training batch's 2 * batch_size sequences are packed into this many rows of the
+  # batch's padded length, with segment ids (data/packing.py), when they fit; 0: no packing.
+  # Saves the padding's compute on mixed-length data; single process, grad_accum_steps = 1.
+  config.data.pack_rows = 0
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.learning_rate = 1e-6

@@ -53,6 +53,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from data.errors import DataError, locate
+from data.packing import pack_batch
 from data.tokenizer import Tokenizer
 
 _CHUNK = 1024  # records tokenized per encode_batch call
@@ -392,7 +393,8 @@ class PreferenceBatcher:
   is completed with examples from the start of the same epoch's order (so
   shapes stay static; those few examples are seen twice that epoch).
   ``on_identical_pair``, ``on_long_prompt`` and ``source_name`` go to
-  ``TokenizedPairs``.
+  ``TokenizedPairs``. ``pack_rows`` > 0 packs each batch's sequences into
+  that many rows when they fit (``data/packing.py``; single process only).
   """
 
   def __init__(self, source, tokenizer: Tokenizer, *, batch_size: int, seed: int,
@@ -400,9 +402,14 @@ class PreferenceBatcher:
                shuffle: bool = True, drop_remainder: bool = True,
                process_index: int = 0, process_count: int = 1,
                on_identical_pair: str = "drop", on_long_prompt: str = "truncate",
-               source_name: str | None = None):
+               source_name: str | None = None, pack_rows: int = 0):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    self.pack_rows = int(pack_rows)
+    if self.pack_rows and process_count > 1:
+      # Hosts whose slices fit differently would hand the step different array sets.
+      raise ValueError("pack_rows needs a single process (process_count is "
+                       f"{process_count})")
     self._local = _local_slice(batch_size, process_index, process_count)
     self.buckets = check_buckets(buckets, max_prompt_len + max_completion_len)
     self.pairs = _tokenized(source, tokenizer, max_prompt_len=max_prompt_len,
@@ -448,7 +455,11 @@ class PreferenceBatcher:
     idx = self.global_indices(step)
     length = bucket_length(max(self.pairs.length(i) for i in idx), self.buckets)
     local = [self.pairs[i] for i in idx[self._local]]
-    return collate(local, length, self.pairs.pad_id)
+    batch = collate(local, length, self.pairs.pad_id)
+    if self.pack_rows:
+      # data/packing.py; a batch that does not fit stays unpacked.
+      return pack_batch(batch, self.pack_rows) or batch
+    return batch
 
   def __iter__(self) -> Iterator[dict]:
     """Endless batches from step 0; use ``batch(step)`` to resume elsewhere."""
@@ -467,9 +478,14 @@ class EvalBatches:
                max_prompt_len: int, max_completion_len: int, buckets: Sequence[int],
                process_index: int = 0, process_count: int = 1,
                on_identical_pair: str = "drop", on_long_prompt: str = "truncate",
-               source_name: str | None = None):
+               source_name: str | None = None, pack_rows: int = 0):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    self.pack_rows = int(pack_rows)
+    if self.pack_rows and process_count > 1:
+      # Hosts whose slices fit differently would hand the step different array sets.
+      raise ValueError("pack_rows needs a single process (process_count is "
+                       f"{process_count})")
     self._local = _local_slice(batch_size, process_index, process_count)
     self.buckets = check_buckets(buckets, max_prompt_len + max_completion_len)
     self.pairs = _tokenized(source, tokenizer, max_prompt_len=max_prompt_len,

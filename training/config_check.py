@@ -27,6 +27,30 @@ def _one_of(value, choices, field):
   _require(value in choices, f"config.{field} must be one of {list(choices)}, got {value!r}")
 
 
+def _check_packing(config, batch_devices: int, process_count: int):
+  """config.data.pack_rows (data/packing.py): the combinations the packed step supports."""
+  rows = config.data.get("pack_rows", 0)
+  if not rows:
+    return
+  _require(0 < rows <= 2 * config.batch_size,
+           f"config.data.pack_rows must be in [0, 2 * batch_size = {2 * config.batch_size}], "
+           f"got {rows}")
+  _require(rows % batch_devices == 0,
+           f"config.data.pack_rows={rows} must be divisible by the mesh's data x fsdp = "
+           f"{batch_devices} devices")
+  _require(config.grad_accum_steps == 1,
+           "config.data.pack_rows needs config.grad_accum_steps = 1 (micro-batches split "
+           f"pairs, not packed rows), got {config.grad_accum_steps}")
+  _require(process_count == 1,
+           f"config.data.pack_rows needs a single process, got {process_count}")
+  _require(not config.model.get("share_prompt", False),
+           "config.data.pack_rows and config.model.share_prompt are two layouts of the same "
+           "forward; set one of them")
+  _require(config.model.get("logits_on", "all") == "all",
+           "config.data.pack_rows projects every position (model.logits_on='all'), got "
+           f"model.logits_on={config.model.logits_on!r}")
+
+
 def validate(config, *, num_devices: int | None = None, process_count: int | None = None):
   """Raises ConfigError (or the algorithm's ValueError) for the first bad field found."""
   num_devices = jax.device_count() if num_devices is None else num_devices
@@ -61,6 +85,8 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
   _require(config.eval_batch_size > 0 and config.eval_batch_size % (data * fsdp) == 0,
            f"config.eval_batch_size={config.eval_batch_size} must be a positive multiple of "
            f"data x fsdp = {data * fsdp}")
+
+  _check_packing(config, data * fsdp, process_count)
 
   opt = config.optimizer
   _require(opt.learning_rate >= 0, f"config.optimizer.learning_rate must be >= 0, got "

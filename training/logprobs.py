@@ -19,13 +19,17 @@ def _label_logps(logits, labels):
   return label_logits - jax.nn.logsumexp(logits, axis=-1)
 
 
-def token_logps(model, ids, attention_mask, *, chunk_size: int = 0):
+def token_logps(model, ids, attention_mask, *, chunk_size: int = 0, positions=None,
+                segment_ids=None):
   """[B, T] int ids -> [B, T] float32 per-token log-probs aligned with `ids` (see module doc).
 
   `model` is a `models.Transformer`. `chunk_size` > 0 computes the lm_head and the logsumexp
   over that many positions at a time (inside the same jit; a scan keeps memory flat).
+  `positions` and `segment_ids` go to `hidden_states` (packed rows, data/packing.py); the
+  first token of a segment then gets the previous segment's prediction, which no loss reads.
   """
-  hidden = model.hidden_states(ids, attention_mask=attention_mask)  # [B, T, D]
+  hidden = model.hidden_states(ids, attention_mask=attention_mask, positions=positions,
+                               segment_ids=segment_ids)  # [B, T, D]
   hidden, labels = hidden[:, :-1], ids[:, 1:]  # position t-1 predicts token t
   num_positions = labels.shape[1]
   if chunk_size <= 0 or chunk_size >= num_positions:

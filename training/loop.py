@@ -170,7 +170,8 @@ def _length_limits(config) -> dict:
 def make_batcher(config, tokenizer, source) -> pipeline.PreferenceBatcher:
   """Shuffled training batches; batch `s` depends on (seed, s) only."""
   return pipeline.PreferenceBatcher(source, tokenizer, batch_size=config.batch_size,
-                                    seed=config.seed, **_length_limits(config))
+                                    seed=config.seed, pack_rows=config.data.get("pack_rows", 0),
+                                    **_length_limits(config))
 
 
 def make_eval_batches(config, tokenizer, source) -> pipeline.EvalBatches:

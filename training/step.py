@@ -133,6 +133,8 @@ def pair_logps(graphdef, params, batch, options: LogpOptions = LogpOptions()):
   share their prompt) is NaN: the step's non-finite guard then skips the update.
   """
   model = nnx.merge(graphdef, params)
+  if "packed_ids" in batch:
+    return _packed_logps(model, batch, options)
   ids, attention = _stacked(batch, "ids"), _stacked(batch, "attention_mask")  # [S*B, T]
   if options.share_prompt and "rejected_ids" in batch:
     logps = shared_prompt_token_logps(model, ids, attention, _stacked(batch, "loss_mask"),
@@ -144,6 +146,20 @@ def pair_logps(graphdef, params, batch, options: LogpOptions = LogpOptions()):
   else:
     logps = token_logps(model, ids, attention, chunk_size=options.chunk_size)
   return _unstack(logps, batch)
+
+
+def _packed_logps(model, batch, options: LogpOptions):
+  """`pair_logps` of a packed batch (data/packing.py): one forward over the [R, T] packed
+  rows, then each side's [B, T] log-probs gathered from them (0 where the index is −1)."""
+  packed = token_logps(model, batch["packed_ids"], None, chunk_size=options.chunk_size,
+                       positions=batch["packed_positions"],
+                       segment_ids=batch["packed_segment_ids"]).reshape(-1)  # [R*T]
+
+  def unpack(side):
+    index = batch[f"{side}_packed_index"]  # [B, T]
+    return jnp.where(index >= 0, packed[jnp.maximum(index, 0)], 0.0)
+
+  return unpack("chosen"), (unpack("rejected") if "rejected_ids" in batch else None)
 
 
 def head_values(graphdef, params, batch):
