@@ -98,7 +98,8 @@ def test_gpo_round_scored_by_a_trained_gpm(tmp_path, tfds_dir):
   assert np.abs(table).max() > 0
 
 
-@pytest.mark.parametrize("name", ["t_reg", "dno",
+@pytest.mark.parametrize("name", ["dno",  # the others: -m slow (the suite's time budget)
+                                  pytest.param("t_reg", marks=pytest.mark.slow),
                                   pytest.param("ld_dpo", marks=pytest.mark.slow),
                                   pytest.param("implicit_prm", marks=pytest.mark.slow)])
 def test_shared_prompt_trains_like_the_plain_forward(name, tmp_path, tfds_dir):
