@@ -478,14 +478,9 @@ class EvalBatches:
                max_prompt_len: int, max_completion_len: int, buckets: Sequence[int],
                process_index: int = 0, process_count: int = 1,
                on_identical_pair: str = "drop", on_long_prompt: str = "truncate",
-               source_name: str | None = None, pack_rows: int = 0):
+               source_name: str | None = None):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    self.pack_rows = int(pack_rows)
-    if self.pack_rows and process_count > 1:
-      # Hosts whose slices fit differently would hand the step different array sets.
-      raise ValueError("pack_rows needs a single process (process_count is "
-                       f"{process_count})")
     self._local = _local_slice(batch_size, process_index, process_count)
     self.buckets = check_buckets(buckets, max_prompt_len + max_completion_len)
     self.pairs = _tokenized(source, tokenizer, max_prompt_len=max_prompt_len,
