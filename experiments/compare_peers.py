@@ -28,7 +28,7 @@ import sys
 
 from absl import app, flags
 
-from experiments.processes import run_json
+from experiments.processes import portable, run_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -117,7 +117,7 @@ def main(argv):
           "ratios)")
   print(json.dumps({"tokens_per_s": rates, "median_tokens_per_s": medians, "ratios": ratios,
                     "paired_ratios": paired,
-                    "commands": {n: shlex.join(c) for n, c in runs.items()}}))
+                    "commands": {n: portable(c) for n, c in runs.items()}}))
 
 
 if __name__ == "__main__":

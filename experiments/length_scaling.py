@@ -28,7 +28,7 @@ import sys
 from absl import app, flags
 
 from experiments.benchmark_work import split_length, work_per_step
-from experiments.processes import run_json
+from experiments.processes import portable, run_json
 
 _CONFIG = flags.DEFINE_string("config", "configs/dpo.py:bench_tiny", "Config file:preset.")
 _LENGTHS = flags.DEFINE_list("lengths", ["256", "512", "768", "1024"],
@@ -81,7 +81,7 @@ def main(argv):
           f"{row['s_per_tflop']:.2f} s/TFLOP")
   print(json.dumps({"config": _CONFIG.value, "rounds": _ROUNDS.value, "steps": _STEPS.value,
                     "work_formula": "T*(8N + 8DV + 16*L*A*S), in-step reference",
-                    "commands": {s: shlex.join(c) for s, c in commands.items()}, "rows": rows}))
+                    "commands": {s: portable(c) for s, c in commands.items()}, "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,3 +18,16 @@ def run_json(command: list[str]) -> dict:
     raise RuntimeError(f"{shlex.join(command)} failed ({proc.returncode}):\n"
                        f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
   return json.loads(lines[-1])
+
+
+def portable(command: list[str]) -> str:
+  """`command` as a shell line for a results file: this interpreter written as `python` and
+  absolute paths made relative to the checkout (`.venv-trl/bin/python`,
+  `../shared/bench/...`), so the line names no machine's folders."""
+
+  def word(w: str) -> str:
+    if w == sys.executable:
+      return "python"
+    return os.path.relpath(w, ROOT) if os.path.isabs(w) else w
+
+  return shlex.join(word(w) for w in command)

@@ -68,6 +68,12 @@ def head_weight(model):
   return model.lm_head[...].astype(dt)
 
 
+def window_size(bound: int, length: int) -> int:
+  """Positions in a window bounded by `bound` over rows of `length`: min(bound, T − 1), at
+  least 1; bound <= 0 means T − 1 (every label position)."""
+  return max(1, min(length - 1 if bound <= 0 else bound, length - 1))
+
+
 def completion_window(loss_mask, window: int):
   """First position [B] of the K = `window` positions that hold every loss-mask token."""
   num_positions = loss_mask.shape[1]
@@ -83,8 +89,7 @@ def completion_token_logps(model, ids, attention_mask, loss_mask, *, max_complet
   still gains the fused backward).
   """
   batch, length = ids.shape
-  bound = length - 1 if max_completion_len <= 0 else max_completion_len
-  window = max(1, min(bound, length - 1))
+  window = window_size(max_completion_len, length)
   hidden = model.hidden_states(ids, attention_mask=attention_mask)  # [B, T, D]
   start = completion_window(loss_mask, window)
   positions = start[:, None] + jnp.arange(window)  # [B, K] label positions

@@ -30,12 +30,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from training.fused_logprobs import head_weight, label_logps
-
-
-def _window(bound: int, length: int) -> int:
-  """min(bound, T − 1), at least 1; bound <= 0 means T − 1."""
-  return max(1, min(length - 1 if bound <= 0 else bound, length - 1))
+from training.fused_logprobs import head_weight, label_logps, window_size
 
 
 def shared_prompt_token_logps(model, ids, attention_mask, loss_mask, *, num_sides: int,
@@ -47,8 +42,8 @@ def shared_prompt_token_logps(model, ids, attention_mask, loss_mask, *, num_side
   """
   rows, length = ids.shape
   batch = rows // num_sides
-  p = _window(max_prompt_len, length)
-  c = _window(max_completion_len, length)
+  p = window_size(max_prompt_len, length)
+  c = window_size(max_completion_len, length)
   starts = jnp.argmax(loss_mask > 0, axis=1).astype(jnp.int32)  # [S*B] first completion pos
   prompt_len = starts[:batch]  # [B]
 
