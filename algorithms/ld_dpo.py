@@ -32,6 +32,11 @@ Config keys read (all in `config.loss`): `beta`, `ld_alpha` (α ∈ [0, 1]), `ld
 
 Provenance: the formula is from the paper via a secondary summary and matches TRL HEAD's code
 (algorithms.md §2.1–2.2); the paper's equation number was not checked.
+
+What it does to length, measured in small worlds (docs/ld_dpo_length.md): the stop-or-go-on
+decision of a pair always lies inside the shared part, so with the reference weighted too the
+minimisers keep DPO's length drift; with the policy only, the unweighted reference tail acts
+as a length penalty of size (1 − α)·|log π_ref(tail)|, which can also over-shorten.
 """
 
 from __future__ import annotations

@@ -25,8 +25,11 @@ _OUT_DIR = flags.DEFINE_string("out_dir", os.path.join(ROOT, "docs"),
 _ALGORITHMS = flags.DEFINE_list("algorithms", [], "Subset of algorithms (default: all).")
 
 
+_MAX_COLUMNS = 4  # panels per row of a figure
+
+
 def plot_algorithm(results, path: str) -> None:
-  """One PNG with a panel per world result that carries plot data."""
+  """One PNG with a panel per world result that carries plot data, four to a row."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -35,8 +38,12 @@ def plot_algorithm(results, path: str) -> None:
   panels = [r for r in results if r.plot]
   if not panels:
     return
-  fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
-  for ax, r in zip(axes[0], panels):
+  cols = min(len(panels), _MAX_COLUMNS)
+  rows = -(-len(panels) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+  for ax in axes.flat[len(panels):]:
+    ax.set_visible(False)
+  for ax, r in zip(axes.flat, panels):
     spec = r.plot
     if spec["kind"] == "bars":
       labels = spec["labels"]

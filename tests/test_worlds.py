@@ -22,6 +22,11 @@ KNOWN_SHORTFALLS = {
     # Shared per-token policy (algorithms/testing/length_worlds.py), α = 0.5.
     ("ld_dpo", "shared_params_length_drift"): 1.0434,
     ("ld_dpo", "shared_params_length_drift_policy_only_ld"): 0.5682,
+    # Length-correlated data, length-blind labels (pre-registered in docs/ld_dpo_length.md).
+    ("ld_dpo", "correlated_data_drift_k2"): 1.0075,
+    ("ld_dpo", "correlated_data_drift_k4"): 0.9817,
+    ("ld_dpo", "correlated_data_drift_k2_policy_only_ld"): 0.5034,
+    ("ld_dpo", "correlated_data_drift_k4_policy_only_ld"): -1.5142,
 }
 
 
@@ -168,3 +173,33 @@ def test_shared_length_policy_contains_reference_and_neutral_optimum():
   by_len = {n: p[w.space.lengths == n].sum() for n in (2, 3, 4)}
   np.testing.assert_allclose([by_len[2], by_len[3], by_len[4]],
                              [stop, (1 - stop) * stop, (1 - stop) ** 2], atol=1e-12)
+
+
+def test_correlated_data_world_design_and_the_pinned_tail():
+  """The length-correlated world's design claims (docs/ld_dpo_length.md): only pairs whose
+  correct response is strictly longer are collected, labels are σ(1) either way, π* has
+  implicit-reward difference 1 on every pair and π_ref's length; and the reason its
+  shortfall gives: DPO's minimiser keeps π_ref's stop probability after the first
+  elaboration of the correct response, so its drift comes from decisions LD-DPO weights
+  fully."""
+  from algorithms.testing import length_worlds
+  from algorithms.testing.common import loss_config
+  w = length_worlds.CorrelatedDataWorld(2)
+  space, pairs, n = w.world.space, w.world.pairs, w.n
+  reward = w.world.reward
+  for c, r, weight in zip(pairs.chosen, pairs.rejected, pairs.weights):
+    correct, wrong = (c, r) if reward[c] > reward[r] else (r, c)
+    assert reward[correct] == 1 and reward[wrong] == 0 and n[correct] > n[wrong]
+  forward = {(c, r): wt for c, r, wt in zip(pairs.chosen, pairs.rejected, pairs.weights)}
+  for (c, r), wt in forward.items():
+    if reward[c] > reward[r]:
+      assert wt / forward[r, c] == pytest.approx(np.e)  # σ(1) / σ(−1)
+  log_ratio = np.log(w.target) - np.log(w.world.ref)
+  h = log_ratio[pairs.chosen] - log_ratio[pairs.rejected]
+  np.testing.assert_allclose(np.abs(h), 1.0, atol=1e-9)
+  assert w.drift(w.world.ref) == pytest.approx(0.0, abs=1e-12)
+  assert w.stop_probs(w.world.ref, length_worlds.CORRECT) == pytest.approx([1 / 3, 1 / 3])
+  dpo = w.world.fit("dpo", loss_config("dpo", beta=length_worlds.BETA))
+  stop = w.stop_probs(dpo, length_worlds.CORRECT)
+  assert stop[1] == pytest.approx(1 / 3, abs=1e-4)  # pinned at π_ref's
+  assert stop[0] < 0.2 and w.drift(dpo) > 0.2  # the drift: the first decision after C

@@ -133,8 +133,21 @@ def adam(objective: Callable[..., jax.Array], params: jax.Array, *args, steps: i
 
   Traceable (use it inside jit or a lax.scan over rounds). Returns (params, values [steps]).
   """
-  opt = optax.adam(optax.exponential_decay(learning_rate, steps, final_fraction))
+  schedule = optax.exponential_decay(learning_rate, steps, final_fraction)
+  return _descend(optax.adam(schedule), objective, params, *args, steps=steps)
 
+
+def gradient_descent(objective: Callable[..., jax.Array], params: jax.Array, *args,
+                     steps: int, learning_rate: float):
+  """Minimises objective(params, *args) by plain gradient descent, θ ← θ − η∇.
+
+  Where a loss has many minimisers, this one lands where gradient flow from `params` does
+  (unlike Adam, which rescales every coordinate's step). Returns (params, values [steps]).
+  """
+  return _descend(optax.sgd(learning_rate), objective, params, *args, steps=steps)
+
+
+def _descend(opt: optax.GradientTransformation, objective, params, *args, steps: int):
   def step(carry, _):
     p, state = carry
     value, grad = jax.value_and_grad(objective)(p, *args)

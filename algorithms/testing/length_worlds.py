@@ -58,9 +58,11 @@ import algorithms
 from algorithms import dpo as _dpo  # noqa: F401  (registers dpo)
 from algorithms import ld_dpo as _ld_dpo  # noqa: F401
 from algorithms.testing import tabular
-from algorithms.testing.common import WorldResult, adam, loss_config, pair_inputs
-from algorithms.testing.offline_worlds import (CORRECT, EOS, LENGTH_BIAS, LD_ALPHA, KLWorld,
-                                               _length_world_responses, sigmoid)
+from algorithms.testing.common import (WorldResult, adam, gradient_descent, loss_config,
+                                       pair_inputs)
+from algorithms.testing.offline_worlds import (CORRECT, EOS, LD_ALPHA, LD_DRIFT_RATIO,
+                                               LENGTH_BIAS, KLWorld, _length_world_responses,
+                                               ld_drift_result, sigmoid)
 
 BETA = 1.0
 VOCAB = 5  # EOS, C, W, e1, e2 (token ids 0-4)
@@ -134,7 +136,7 @@ def shared_parameter_length_worlds() -> Iterator[WorldResult]:
     info = ", ".join(f"α={a}: drift {drifts[a]:+.3f} (ratio {drifts[a] / dpo_drift:.3f})"
                      for a in INFO_ALPHAS)
     shortfall = ""
-    if abs(ratio) > 1 / 3:
+    if abs(ratio) > LD_DRIFT_RATIO:
       shortfall = (
           "Measured after the design was fixed: with one stop parameter shared by every "
           "position, LD-DPO's tail down-weighting makes a 3-vs-2 length preference cheaper "
@@ -148,10 +150,8 @@ def shared_parameter_length_worlds() -> Iterator[WorldResult]:
              "explains part of the label's length bias without moving the policy: about "
              "half of the drift at α = 0.5, nearly all of it at α = 0 (notes)"))
     stop = lambda t: float(np.exp(t[EOS]) / np.exp(t[[EOS, 3, 4]]).sum())
-    yield WorldResult(
-        "ld_dpo",
-        "shared_params_length_drift" + ("" if apply_to_ref else "_policy_only_ld"),
-        "drift_ratio_ld_over_dpo", ratio, 0.0, 1 / 3, "within",
+    yield ld_drift_result(
+        "shared_params_length_drift", apply_to_ref, ratio,
         note=(f"policy: one logit per token shared by all positions; α={LD_ALPHA}, β={BETA}, "
               f"ld_apply_to_ref={apply_to_ref}, length bias b={LENGTH_BIAS}/token; E[len]: "
               f"neutral optimum {neutral_len:.3f}, DPO {dpo_len:.3f} (drift {dpo_drift:+.3f}; "
@@ -166,4 +166,141 @@ def shared_parameter_length_worlds() -> Iterator[WorldResult]:
               "labels": ["DPO", "LD α=0.5", "LD α=0.25", "LD α=0", "⅓ of DPO's"],
               "series": {"drift (tokens)": [dpo_drift, drifts[0.5], drifts[0.25], drifts[0.0],
                                             dpo_drift / 3]}},
-        expected_shortfall=shortfall)
+        shortfall=shortfall)
+
+
+# ---------------------------------------------------------------------------------------
+# Length-correlated data with length-neutral labels (pre-registered in docs/ld_dpo_length.md).
+
+CORRELATED_KS = (2, 4)  # most elaboration tokens: the first length world's responses, and longer
+
+
+class CorrelatedDataWorld:
+  """Pairs whose correct response is strictly longer; labels σ(r_C − r_W), blind to length.
+
+  Responses: answer C (r = 1) or W (r = 0), 0..K elaboration tokens from {e1, e2}, EOS;
+  π_ref uniform at every node; the data draws {y_C, y_W} with probability ∝
+  π_ref(y_C)·π_ref(y_W) among the pairs with n(y_C) > n(y_W). π* = π_ref·e^(r/β)/Z has
+  implicit-reward difference 1 = r_C − r_W on every pair, so it minimises DPO's expected loss
+  and, with the reference weighted alike, LD-DPO's; a tabular policy has a manifold of such
+  minimisers, and the drift says where training from π_ref lands on it.
+  """
+
+  def __init__(self, max_extra: int):
+    responses = _length_world_responses(max_extra)
+    space = tabular.build_space(responses)
+    self.n = n = space.lengths.astype(np.float64)  # [R]
+    reward = np.array([1.0 if y[0] == CORRECT else 0.0 for y in space.responses[0]])
+    ref = np.exp(np.asarray(tabular.sequence_log_probs(space, jnp.zeros(space.num_edges))))
+
+    def collected(a, b):  # the correct one of the two is strictly longer
+      correct, wrong = (a, b) if reward[a] > reward[b] else (b, a)
+      return reward[correct] > reward[wrong] and n[correct] > n[wrong]
+
+    self.world = KLWorld(responses=responses, ref=ref, reward=reward,
+                         win_prob=lambda a, b: sigmoid(reward[a] - reward[b]),
+                         pair_prob=lambda a, b: ref[a] * ref[b] * collected(a, b))
+    self.target = self.world.kl_optimum(BETA)
+
+  def drift(self, probs: np.ndarray) -> float:
+    """E_π[n] − E_π*[n] (π*'s expected length is π_ref's)."""
+    return float((probs - self.target) @ self.n)
+
+  def stop_probs(self, probs: np.ndarray, answer: int) -> np.ndarray:
+    """[K] P(EOS | answer, j elaboration tokens so far) for j = 0..K−1, summed over fills."""
+    extra = self.n - 2  # elaboration tokens of each response
+    of_answer = np.array([y[0] == answer for y in self.world.space.responses[0]])
+    max_extra = int(extra.max())
+    stop = [probs[of_answer & (extra == j)].sum() for j in range(max_extra)]
+    reach = [probs[of_answer & (extra >= j)].sum() for j in range(max_extra)]
+    return np.array(stop) / np.array(reach)
+
+  def loss_and_grad_norm(self, loss_name: str, cfg, probs: np.ndarray) -> tuple[float, float]:
+    """The exact expected loss at the policy `probs` [R] and its gradient's norm."""
+    w, loss = self.world, algorithms.get_loss(loss_name)
+    objective = lambda theta: loss(pair_inputs(w.space, w.pairs,
+                                               tabular.token_log_probs(w.space, theta),
+                                               ref=w.ref_tokens), cfg)[0]
+    logits = jnp.asarray(tabular.logits_for(w.space, probs), jnp.float32)
+    value, grad = jax.value_and_grad(objective)(logits)
+    return float(value), float(jnp.linalg.norm(grad))
+
+
+def length_correlated_data_worlds() -> Iterator[WorldResult]:
+  """LD-DPO vs DPO drift when the data, not the labels, carries the length bias.
+
+  The LD-DPO paper's claim is that DPO's gradient direction is biased by the lengths in the
+  data (Liu et al. 2024, arXiv 2409.06411, §3), so DPO drifts toward verbosity although the
+  preference is about content; offline data whose chosen responses are longer is that case.
+  Design, criterion and the prediction were fixed before the first run
+  (docs/ld_dpo_length.md): K = 2 and 4, both `ld_apply_to_ref` settings, judged at α = 0.5
+  with Adam as in every world; α = 0.25, 0 and plain gradient descent (20,000 steps of 1.0)
+  are information only.
+  """
+  fits = {}  # (K, loss label, optimizer) -> learned π
+  for k in CORRELATED_KS:
+    w = CorrelatedDataWorld(k)
+    dpo_cfg = loss_config("dpo", beta=BETA)
+    fits[k, "dpo"] = w, dpo_cfg, {"adam": w.world.fit("dpo", dpo_cfg),
+                                  "gd": w.world.fit("dpo", dpo_cfg, **_GD)}
+  for apply_to_ref in (True, False):
+    series = {}
+    for k in CORRELATED_KS:
+      w, dpo_cfg, dpo = fits[k, "dpo"]
+      dpo_drift = {opt: w.drift(p) for opt, p in dpo.items()}
+      ratios, ld_adam = {}, {}
+      for alpha in (LD_ALPHA,) + INFO_ALPHAS:
+        cfg = loss_config("ld_dpo", beta=BETA, ld_alpha=alpha, ld_apply_to_ref=apply_to_ref)
+        ld_adam[alpha] = w.world.fit("ld_dpo", cfg)
+        ratios[alpha, "adam"] = w.drift(ld_adam[alpha]) / dpo_drift["adam"]
+        if alpha == LD_ALPHA:
+          ld_cfg = cfg
+          ratios[alpha, "gd"] = w.drift(w.world.fit("ld_dpo", cfg, **_GD)) / dpo_drift["gd"]
+      ratio = ratios[LD_ALPHA, "adam"]
+      target_loss = {name: w.loss_and_grad_norm(name, c, w.target)[0]
+                     for name, c in (("dpo", dpo_cfg), ("ld_dpo", ld_cfg))}
+      dpo_loss, dpo_grad = w.loss_and_grad_norm("dpo", dpo_cfg, dpo["adam"])
+      ld_loss, ld_grad = w.loss_and_grad_norm("ld_dpo", ld_cfg, ld_adam[LD_ALPHA])
+      series[f"K={k}"] = [w.drift(dpo["adam"])] + [w.drift(ld_adam[a])
+                                                   for a in (LD_ALPHA,) + INFO_ALPHAS]
+      shortfall = ""
+      if abs(ratio) > LD_DRIFT_RATIO:
+        shortfall = (
+            "Pre-registered world (docs/ld_dpo_length.md), measured once: "
+            + ("every minimiser, DPO's and LD-DPO's at any α > 0, keeps π_ref's "
+               "conditionals at the correct response's decisions after its first "
+               "elaboration step (a correct response that stops there and one that goes on "
+               "are paired with the same shorter wrong responses, and an implicit-reward "
+               "difference of 1 on both pairs makes their log-ratios equal); DPO's drift "
+               "comes from the first decision after the answer and from the wrong "
+               "responses, all inside LD-DPO's fully weighted shared part, so α has "
+               "nothing to act on" if apply_to_ref else
+               "policy-only weighting makes the unweighted reference tail a bonus "
+               "(1−α)·|log π_ref(tail)| for the longer, correct response, which shortens "
+               "the policy by an amount set by π_ref's tail, not by the data's bias; here it "
+               "overshoots past π*'s length or undershoots, depending on K and optimiser"))
+      yield ld_drift_result(
+          f"correlated_data_drift_k{k}", apply_to_ref, ratio,
+          note=(f"labels blind to length, correct response always the longer one; K={k}, "
+                f"α={LD_ALPHA}, β={BETA}, ld_apply_to_ref={apply_to_ref}; E_π*[len] "
+                f"{w.target @ w.n:.3f}; drift (Adam): DPO {dpo_drift['adam']:+.3f}, LD-DPO "
+                f"{w.drift(ld_adam[LD_ALPHA]):+.3f}; P(stop | C, j elaborations), j = "
+                f"0..{k - 1}: π_ref 0.333 each, DPO "
+                f"{np.round(w.stop_probs(dpo['adam'], CORRECT), 3).tolist()}, LD-DPO "
+                f"{np.round(w.stop_probs(ld_adam[LD_ALPHA], CORRECT), 3).tolist()}. "
+                f"Information only, not judged: ratio at α=0.25 {ratios[0.25, 'adam']:.3f}, α=0 {ratios[0.0, 'adam']:.3f}; plain "
+                f"gradient descent: DPO drift {dpo_drift['gd']:+.3f}, ratio at α={LD_ALPHA} "
+                f"{ratios[LD_ALPHA, 'gd']:.3f}. Loss − π*'s loss: DPO "
+                f"{dpo_loss - target_loss['dpo']:+.1e}, LD-DPO "
+                f"{ld_loss - target_loss['ld_dpo']:+.1e}; final ‖∇‖: DPO {dpo_grad:.1e}, "
+                f"LD-DPO {ld_grad:.1e}"),
+          plot=None if k != CORRELATED_KS[-1] else {
+              "kind": "bars",
+              "title": "Length-correlated data: drift" + ("" if apply_to_ref
+                                                          else " (policy-only LD)"),
+              "labels": ["DPO", "LD α=0.5", "LD α=0.25", "LD α=0"],
+              "series": series},
+          shortfall=shortfall)
+
+
+_GD = {"optimizer": gradient_descent, "steps": 20_000, "learning_rate": 1.0}

@@ -10,7 +10,7 @@ reward maximiser π_ref exp(r/β)/Z (Rafailov et al. 2023, Eq. 4 and §5).
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +37,8 @@ class KLWorld:
 
   Defaults: the two-prompt world of the module docstring with π_ref and r drawn from `seed`.
   `ref` [R] (normalised per prompt) and `reward` [R] override the draws; `win_prob(a, b)`
-  overrides the Bradley-Terry labels σ(r_a − r_b). Pairs are drawn from π_ref ⊗ π_ref.
+  overrides the Bradley-Terry labels σ(r_a − r_b). Pairs are drawn from π_ref ⊗ π_ref, or
+  with probability `pair_prob(a, b)` (the data collection) where given.
   """
 
   RESPONSES = [
@@ -45,7 +46,8 @@ class KLWorld:
       [(1, EOS), (1, 2, EOS), (3, 4, EOS), (3, 5, 6, EOS)],
   ]
 
-  def __init__(self, seed: int = 0, responses=None, ref=None, reward=None, win_prob=None):
+  def __init__(self, seed: int = 0, responses=None, ref=None, reward=None, win_prob=None,
+               pair_prob=None):
     rng = np.random.default_rng(seed)
     self.space = sp = tabular.build_space(responses or self.RESPONSES)
     drawn_ref = rng.uniform(0.5, 2.0, sp.num_responses)
@@ -56,7 +58,9 @@ class KLWorld:
     self.ref_tokens = tabular.token_log_probs(sp, jnp.asarray(self.ref_logits, jnp.float32))
     if win_prob is None:
       win_prob = lambda a, b: sigmoid(self.reward[a] - self.reward[b])
-    self.pairs = tabular.labelled_pairs(sp, win_prob, lambda a, b: self.ref[a] * self.ref[b])
+    if pair_prob is None:
+      pair_prob = lambda a, b: self.ref[a] * self.ref[b]
+    self.pairs = tabular.labelled_pairs(sp, win_prob, pair_prob)
 
   def kl_optimum(self, beta: float, reward=None) -> np.ndarray:
     reward = self.reward if reward is None else reward
@@ -67,8 +71,11 @@ class KLWorld:
     return out
 
   def fit(self, loss_name: str, cfg, extra_fields=None, steps: int = 3000,
-          learning_rate: float = 0.1) -> np.ndarray:
-    """Minimises the exact expected loss from π = π_ref; returns the learned π [R]."""
+          learning_rate: float = 0.1, optimizer: Callable = adam) -> np.ndarray:
+    """Minimises the exact expected loss from π = π_ref; returns the learned π [R].
+
+    `optimizer(objective, params, steps=, learning_rate=)` -> (params, values), `adam` by
+    default (`gradient_descent` where a world asks where plain gradient flow lands)."""
     loss = algorithms.get_loss(loss_name)
     extra_fields = extra_fields or {}
 
@@ -77,7 +84,8 @@ class KLWorld:
       return loss(pair_inputs(self.space, self.pairs, tok, ref=self.ref_tokens,
                               **extra_fields), cfg)[0]
 
-    theta = jax.jit(lambda t: adam(objective, t, steps=steps, learning_rate=learning_rate)[0])(
+    theta = jax.jit(lambda t: optimizer(objective, t, steps=steps,
+                                        learning_rate=learning_rate)[0])(
         jnp.asarray(self.ref_logits, jnp.float32))
     return tabular.probs_np(self.space, theta)
 
@@ -143,6 +151,17 @@ def ipo_worlds() -> Iterator[WorldResult]:
 CORRECT, WRONG, E1, E2 = 1, 2, 3, 4
 LENGTH_BIAS = 0.5
 LD_ALPHA = 0.5  # the paper's and TRL's suggested α
+LD_DRIFT_RATIO = 1 / 3  # the criterion: |LD-DPO's length drift| ≤ ⅓ of DPO's
+
+
+def ld_drift_result(world: str, apply_to_ref: bool, ratio: float, *, note: str, plot,
+                    shortfall: str) -> WorldResult:
+  """The judged result of an LD-DPO length world: drift_LD / drift_DPO within ±⅓ of 0.
+
+  `world` names it; the policy-only form (`ld_apply_to_ref=False`) gets a suffix."""
+  return WorldResult("ld_dpo", world + ("" if apply_to_ref else "_policy_only_ld"),
+                     "drift_ratio_ld_over_dpo", ratio, 0.0, LD_DRIFT_RATIO, "within",
+                     note=note, plot=plot, expected_shortfall=shortfall)
 
 
 def _length_world_responses(max_extra: int = 2):
@@ -205,16 +224,15 @@ def ld_dpo_worlds() -> Iterator[WorldResult]:
     ld_drift = length(ld_policy) - length(neutral)
     ratio = ld_drift / dpo_drift
     shortfall = ""
-    if abs(ratio) > 1 / 3:
+    if abs(ratio) > LD_DRIFT_RATIO:
       shortfall = (
           "In an exactly fitted autoregressive policy the length decision (EOS vs. one more "
           "token) sits at position ≤ l_p of every pair, inside LD-DPO's shared part, so "
           "down-weighting the tail cannot remove the drift"
           + ("" if apply_to_ref else "; the policy-only form removes part of it through the "
              "unweighted reference tail, a bonus (1−α)·|log π_ref(tail)| for long responses"))
-    yield WorldResult(
-        "ld_dpo", "length_bias_drift" + ("" if apply_to_ref else "_policy_only_ld"),
-        "drift_ratio_ld_over_dpo", ratio, 0.0, 1 / 3, "within",
+    yield ld_drift_result(
+        "length_bias_drift", apply_to_ref, ratio,
         note=(f"α={LD_ALPHA}, β={beta}, ld_apply_to_ref={apply_to_ref}, length bias "
               f"b={LENGTH_BIAS}/token; E[len]: neutral optimum {length(neutral):.3f}, "
               f"DPO {length(dpo_policy):.3f} (drift {dpo_drift:+.3f}; DPO's own optimum "
@@ -223,7 +241,7 @@ def ld_dpo_worlds() -> Iterator[WorldResult]:
                                        + ("" if apply_to_ref else " (policy-only LD)"),
               "labels": ["DPO", f"LD-DPO α={LD_ALPHA}", "⅓ of DPO's (criterion)"],
               "series": {"drift (tokens)": [dpo_drift, ld_drift, dpo_drift / 3]}},
-        expected_shortfall=shortfall)
+        shortfall=shortfall)
 
 
 # ---------------------------------------------------------------------------------------

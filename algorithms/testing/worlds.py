@@ -15,6 +15,7 @@ Worlds, targets and criteria (details in each world function's docstring):
   ld_dpo        equal lengths -> KL optimum                        TV ≤ 0.02
                 length-biased labels: LD drift / DPO drift         |ratio| ≤ 1/3
                 the same with a shared per-token policy            |ratio| ≤ 1/3
+                length-correlated data, length-blind labels        |ratio| ≤ 1/3
   dno           transitive: last iterate; cyclic: average iterate  duality gap ≤ 0.02
   inpo          transitive and cyclic, last iterate                regularised gap ≤ 0.02
   gpo           GPM score game, average iterate                    scaled gap ≤ 0.02
@@ -36,9 +37,11 @@ from algorithms.testing.common import WorldResult, timed
 
 
 def _ld_dpo_worlds() -> Iterator[WorldResult]:
-  """The tabular LD-DPO worlds, then the length world with a shared-parameter policy."""
+  """The tabular LD-DPO worlds, the length world with a shared-parameter policy, then the
+  length-correlated-data worlds."""
   return itertools.chain(offline_worlds.ld_dpo_worlds(),
-                         length_worlds.shared_parameter_length_worlds())
+                         length_worlds.shared_parameter_length_worlds(),
+                         length_worlds.length_correlated_data_worlds())
 
 
 WORLDS: dict[str, Callable[[], Iterator[WorldResult]]] = {
