@@ -54,6 +54,7 @@ import numpy as np
 
 from data.errors import DataError, locate
 from data.packing import pack_batch
+from data.readers import PAIR_FIELDS, TOKEN_FIELDS
 from data.tokenizer import Tokenizer
 
 _CHUNK = 1024  # records tokenized per encode_batch call
@@ -84,13 +85,9 @@ class SplitStats:
             f"{self.truncated_prompt} prompts, {self.truncated_completion} completions")
 
 
-# Optional numeric fields of a record that travel with its pair into batches as [B] float
-# arrays: outcome labels (implicit PRM, PRIME), an oracle's preference probability (DNO's
-# soft form) and per-response regression targets (GPO / SPPO).
-PAIR_FIELDS = ("chosen_label", "rejected_label", "preference_prob", "chosen_score",
-               "rejected_score")
-# Per-completion-token extras, collated to [B, T] at the completion positions.
-TOKEN_FIELDS = ("chosen_token_rewards", "rejected_token_rewards", "chosen_advantages")
+# PAIR_FIELDS (optional numbers of a record, [B] float arrays in batches) and TOKEN_FIELDS
+# (per-completion-token extras, [B, T] at the completion positions) are defined with the
+# record format, in data.readers.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,12 +150,14 @@ class TokenizedPairs(Sequence[TokenizedPair]):
 
     it = iter(source)
     index = 0
+    fields = _FieldPresence()
     while chunk := list(itertools.islice(it, _CHUNK)):
       prompts = _encode_many(tokenizer, [r["prompt"] for r in chunk])
       chosens = _encode_many(tokenizer, [r["chosen"] for r in chunk])
       rejecteds = _encode_many(tokenizer, [r["rejected"] for r in chunk])
       for rec, p, c, r in zip(chunk, prompts, chosens, rejecteds):
         example_id = int(rec.get("example_id", index))
+        fields.note(rec, index)
         index += 1
         stats.total += 1
         # Compared as tokens: equal texts always match, and so do texts the
@@ -194,6 +193,7 @@ class TokenizedPairs(Sequence[TokenizedPair]):
             example_id, np.asarray(prompt, np.int32),
             np.asarray(c, np.int32), np.asarray(r, np.int32),
             _pair_extras(source, self.source_name, index - 1, rec)))
+    fields.check(source, self.source_name)
     stats.kept = len(pairs)
     self.stats = stats
     self._pairs = pairs
@@ -228,6 +228,32 @@ class TokenizedPairs(Sequence[TokenizedPair]):
     p = self._pairs[i]
     rejected = 0 if p.rejected is None else len(p.rejected)
     return len(p.prompt) + max(len(p.chosen), rejected)
+
+
+class _FieldPresence:
+  """Which records give each PAIR_FIELD: all of a split's records or none must.
+
+  A field on some records only would reach a batch that mixes both and fail there, mid-run;
+  this finds it while the split is read, naming a record with and one without it.
+  """
+
+  def __init__(self):
+    self.first_with: dict[str, int] = {}
+    self.first_without: dict[str, int] = {}
+
+  def note(self, record: Mapping, index: int) -> None:
+    for field in PAIR_FIELDS:
+      seen = self.first_with if record.get(field) is not None else self.first_without
+      seen.setdefault(field, index)
+
+  def check(self, source, source_name: str) -> None:
+    for field, with_it in self.first_with.items():
+      if field in self.first_without:
+        without = self.first_without[field]
+        raise DataError(
+            f"{_where(source, source_name, without, field)}: missing, but other records "
+            f"give it (first: {_where(source, source_name, with_it, field)}); give "
+            f"{field} on every record of the split or on none")
 
 
 def _pair_extras(source, source_name: str, index: int, record: Mapping) -> dict:

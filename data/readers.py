@@ -26,6 +26,12 @@ The prompt is its messages rendered, followed by the generation header
 and is rendered without that header, so ``prompt + completion`` is exactly
 the rendering of the full conversation.
 
+Either format may carry the numbers of ``PAIR_FIELDS`` (``chosen_label``,
+``rejected_label``, ``preference_prob``, ``chosen_score``, ``rejected_score``):
+finite numbers, or null for "not given". They reach the batches unchanged. A
+field of ``TOKEN_FIELDS`` in a file is an error (per-token values cannot be
+aligned with a tokenizer's tokens from text), not silently dropped.
+
 Every problem raises ``DataError`` naming the file, the line (JSONL, and JSON
 syntax errors) or record index, and the field.
 """
@@ -33,6 +39,7 @@ syntax errors) or record index, and the field.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Iterator, Sequence
 
@@ -40,12 +47,20 @@ from data.errors import DataError, locate
 
 # Bump whenever parsing or rendering changes the produced text: it is mixed
 # into the TFDS cache key of local datasets (see data.tfds_builders).
-READER_VERSION = "1"
+READER_VERSION = "2"  # 2: PAIR_FIELDS are read
 
 EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
 ROLES = ("system", "user", "assistant")
 GENERATION_HEADER = "<|assistant|>\n"
 _FIELDS = ("prompt", "chosen", "rejected")
+# Optional numbers of a record that travel with its pair into batches as [B] float arrays:
+# outcome labels (implicit PRM, PRIME), an oracle's preference probability (DNO's soft
+# form) and per-response regression targets (GPO / SPPO).
+PAIR_FIELDS = ("chosen_label", "rejected_label", "preference_prob", "chosen_score",
+               "rejected_score")
+# Per-completion-token extras, collated to [B, T] at the completion positions. They exist
+# only for pairs built in memory (an online round): a file cannot align them with tokens.
+TOKEN_FIELDS = ("chosen_token_rewards", "rejected_token_rewards", "chosen_advantages")
 # A requested split falls back to these names, in order.
 _SPLIT_ALIASES = {"test": ("test", "validation"), "validation": ("validation", "test")}
 
@@ -211,6 +226,7 @@ def normalize_record(record, *, file: str, line: int | None = None,
         "prompt": render_messages(prompt_msgs) + GENERATION_HEADER,
         "chosen": _completion_text(chosen, offset, file, line, index, "chosen"),
         "rejected": _completion_text(rejected, offset, file, line, index, "rejected"),
+        **_numbers(record, file, line, index),
     }
 
   if prompt is None:
@@ -220,6 +236,26 @@ def normalize_record(record, *, file: str, line: int | None = None,
   for field in ("chosen", "rejected"):
     if not out[field].strip():
       raise DataError(f"{locate(file, line=line, record=index, field=field)}: empty")
+  return {**out, **_numbers(record, file, line, index)}
+
+
+def _numbers(record: dict, file, line, index) -> dict:
+  """The record's PAIR_FIELDS as floats (null = not given); TOKEN_FIELDS are refused."""
+  for field in TOKEN_FIELDS:
+    if record.get(field) is not None:
+      raise DataError(f"{locate(file, line=line, record=index, field=field)}: per-token "
+                      f"values cannot be read from a file (they must align with the "
+                      f"tokenizer's tokens); they are computed during training")
+  out = {}
+  for field in PAIR_FIELDS:
+    value = record.get(field)
+    if value is None:
+      continue
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+        value):
+      raise DataError(f"{locate(file, line=line, record=index, field=field)}: must be a "
+                      f"finite number or null, got {value!r}")
+    out[field] = float(value)
   return out
 
 

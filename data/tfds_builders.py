@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import math
 import os
 import re
 from typing import Iterator, Sequence
@@ -43,11 +44,13 @@ _TEXT_FIELDS = ("prompt", "chosen", "rejected")
 
 
 def _features() -> tfds.features.FeaturesDict:
+  """Texts, the example id and every PAIR_FIELD as float64, NaN where a record has none."""
   return tfds.features.FeaturesDict({
       "prompt": tfds.features.Text(),
       "chosen": tfds.features.Text(),
       "rejected": tfds.features.Text(),
       "example_id": np.int64,
+      **{field: np.float64 for field in readers.PAIR_FIELDS},
   })
 
 
@@ -69,10 +72,15 @@ class _PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
   code_path = _ThisModulePath()
 
 
+_PAIR_FIELDS_NOTE = "PAIR_FIELDS (labels, preference_prob, scores) as float64, NaN = none."
+
+
 def _examples(records: list[dict]) -> Iterator[tuple[int, dict]]:
+  # The readers accept only finite numbers, so NaN unambiguously means "not given".
   for i, r in enumerate(records):
     yield i, {"prompt": r["prompt"], "chosen": r["chosen"],
-              "rejected": r["rejected"], "example_id": i}
+              "rejected": r["rejected"], "example_id": i,
+              **{f: r.get(f, math.nan) for f in readers.PAIR_FIELDS}}
 
 
 # --------------------------------------------------------------------------
@@ -101,8 +109,8 @@ def synthetic_config(num_train: int = 5000, num_test: int = 500, seed: int = 0,
 class SyntheticPreferences(_PreferenceBuilder, skip_registration=True):
   """The built-in digit-sorting preference task as a TFDS dataset."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": _PAIR_FIELDS_NOTE}
 
   def __init__(self, *, config: SyntheticConfig | None = None, num_train: int = 5000,
                num_test: int = 500, seed: int = 0, min_digits: int = 3,
@@ -173,8 +181,8 @@ def local_config(path: str, splits: Sequence[str] | None = None) -> LocalConfig:
 class LocalPreferences(_PreferenceBuilder, skip_registration=True):
   """Local JSONL / JSON / Parquet preference files as a TFDS dataset."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": _PAIR_FIELDS_NOTE}
 
   def __init__(self, *, config: LocalConfig | None = None, path: str | None = None,
                splits: Sequence[str] | None = None, file_format: str = _FILE_FORMAT,
@@ -228,6 +236,10 @@ class PreferenceSource(Sequence[dict]):
     out = {k: rec[k].decode("utf-8") if isinstance(rec[k], bytes) else str(rec[k])
            for k in _TEXT_FIELDS}
     out["example_id"] = int(rec["example_id"])
+    for field in readers.PAIR_FIELDS:
+      value = float(rec[field])
+      if not math.isnan(value):
+        out[field] = value
     return out
 
   def __len__(self) -> int:

@@ -334,6 +334,42 @@ def test_local_builder_round_trip_and_cache_invalidation(tmp_path):
     tfds_builders.load_preference_source(str(d), "train", cache, num_train=3)
 
 
+def test_pair_fields_travel_from_files_to_batches(tmp_path):
+  """chosen_label / rejected_label / preference_prob / scores in a local file (JSON Lines,
+  conversational Parquet) reach the TFDS source and the batches; null means "not given"."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  from data import tfds_builders
+
+  labelled = [dict(STANDARD[0], chosen_label=1, rejected_label=0.0, preference_prob=0.75),
+              dict(STANDARD[1], chosen_label=0, rejected_label=1, preference_prob=0.25,
+                   chosen_score=None)]
+  d = tmp_path / "prefs"
+  d.mkdir()
+  _jsonl(d / "train.jsonl", labelled)
+  src = tfds_builders.load_preference_source(str(d), "train", str(tmp_path / "cache"))
+  assert src[0] == dict(EXPECTED[0], example_id=0, chosen_label=1.0, rejected_label=0.0,
+                        preference_prob=0.75)
+  assert "chosen_score" not in src[1] and src[1]["preference_prob"] == 0.25
+  batcher = pipeline.PreferenceBatcher(src, TOK, batch_size=2, seed=0, max_prompt_len=8,
+                                       max_completion_len=8, buckets=(16,), shuffle=False)
+  batch = batcher.batch(0)
+  by_id = {int(e): i for i, e in enumerate(batch["example_id"])}
+  np.testing.assert_array_equal(batch["chosen_label"][[by_id[0], by_id[1]]], [1.0, 0.0])
+  np.testing.assert_array_equal(batch["preference_prob"][[by_id[0], by_id[1]]], [0.75, 0.25])
+  assert "chosen_score" not in batch
+
+  conversational = [{"chosen": [{"role": "user", "content": "hi"},
+                                {"role": "assistant", "content": "hello"}],
+                     "rejected": [{"role": "user", "content": "hi"},
+                                  {"role": "assistant", "content": "go"}],
+                     "chosen_score": 2.5, "rejected_score": -1}]
+  pq.write_table(pa.Table.from_pylist(conversational), tmp_path / "c.parquet")
+  record, = readers.read_preferences(str(tmp_path / "c.parquet"), "train")
+  assert (record["chosen_score"], record["rejected_score"]) == (2.5, -1.0)
+
+
 # ==========================================================================
 # Pipeline
 
