@@ -115,6 +115,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.preference_model.value_dim = 2  # GPM embedding size 2k (BT uses 1)
   config.preference_model.normalize = False  # L2-normalise GPM embeddings (train and score)
   config.preference_model.prompt_head = False  # prompt-dependent eigenvalues λ(x)
+  # λ(x) = softmax(W_p h) ("softmax", the official scorer) or k·softmax(W_p h/√D)
+  # ("scaled_softmax", the official training file); see models.heads.PreferenceModel.
+  config.preference_model.gate_form = "softmax"
 
   # Online algorithms (dno, inpo, gpo, prime): one round of sampling and scoring before
   # training. The full multi-round loop (experiments/iterate.py) is a later issue.

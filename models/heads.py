@@ -191,12 +191,12 @@ def _check_head_options(value_dim, normalize, prompt_head, gate_form) -> None:
 
 
 def build_preference_model(backbone: ModelConfig | Transformer, head: str,
-                           preference_cfg: Mapping, *, rngs: nnx.Rngs,
-                           gate_form: str = "softmax") -> PreferenceModel:
+                           preference_cfg: Mapping, *, rngs: nnx.Rngs) -> PreferenceModel:
   """The model an algorithm's `Requirements.head` asks for, from `config.preference_model`.
 
   "bt_reward" -> value_dim 1 (config value_dim is ignored; normalize and prompt_head, GPM
-  options, must be False); "gpm" -> value_dim, normalize and prompt_head from the config.
+  options, must be False); "gpm" -> value_dim, normalize, prompt_head and gate_form (default
+  "softmax" where the config has none) from the config.
   """
   if head not in HEADS:
     raise ValueError(f"head={head!r} is not a preference model head; expected one of {HEADS}")
@@ -213,4 +213,5 @@ def build_preference_model(backbone: ModelConfig | Transformer, head: str,
     raise ValueError(f"config.preference_model.value_dim must be an even int >= 2 for loss "
                      f"'gpm', got {value_dim!r}")
   return PreferenceModel(backbone, value_dim=value_dim, normalize=normalize,
-                         prompt_head=prompt_head, gate_form=gate_form, rngs=rngs)
+                         prompt_head=prompt_head,
+                         gate_form=preference_cfg.get("gate_form", "softmax"), rngs=rngs)

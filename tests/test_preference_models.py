@@ -420,3 +420,23 @@ def test_param_partition_specs_on_the_preference_model():
       TINY, value_dim=2, rngs=nnx.Rngs(0))), nnx.Param)
   assert param_partition_specs(abstract, mesh)["value_head"] == jax.sharding.PartitionSpec(
       "fsdp", None)
+
+
+def test_config_builds_the_gate_form_and_refuses_bad_head_options():
+  """config.preference_model.gate_form reaches the model; a bad gate form, and GPM options
+  on a Bradley-Terry run, are refused by the config check before anything is built."""
+  from configs import bt_reward as bt_config, gpm as gpm_config
+  from training import config_check, loop
+
+  config = gpm_config.get_config("tiny")
+  config.preference_model.update(prompt_head=True, gate_form="scaled_softmax")
+  config_check.validate(config, num_devices=1, process_count=1)
+  model = loop._with_head(config, "gpm", Transformer(TINY, rngs=nnx.Rngs(0)))
+  assert model.gate_form == "scaled_softmax" and model.prompt_head is not None
+  config.preference_model.gate_form = "k"
+  with pytest.raises(config_check.ConfigError, match="preference_model.gate_form"):
+    config_check.validate(config, num_devices=1, process_count=1)
+  config = bt_config.get_config("tiny")
+  config.preference_model.normalize = True
+  with pytest.raises(config_check.ConfigError, match="GPM options"):
+    config_check.validate(config, num_devices=1, process_count=1)

@@ -12,6 +12,7 @@ import os
 import jax
 
 import algorithms
+from models.heads import GATE_FORMS
 
 
 class ConfigError(ValueError):
@@ -160,6 +161,13 @@ def _check_algorithm_needs(config, needs, process_count: int):
     _require(isinstance(k2, int) and k2 >= 2 and k2 % 2 == 0,
              f"config.preference_model.value_dim must be an even number >= 2 (the GPM "
              f"embedding is k 2x2 blocks), got {k2!r}")
+    _one_of(config.preference_model.gate_form, GATE_FORMS, "preference_model.gate_form")
+  if needs.head == "bt_reward":
+    pm = config.preference_model
+    _require(not pm.normalize and not pm.prompt_head,
+             f"config.preference_model.normalize={pm.normalize!r} and prompt_head="
+             f"{pm.prompt_head!r}: both are GPM options; set them to False for loss "
+             f"'bt_reward'")
   if not needs.online:
     return
   o = config.online

@@ -95,12 +95,9 @@ def _with_head(config, head: str, backbone):
   """`backbone` (a Transformer) as is for head "lm", else inside a reward / preference model."""
   if head == "lm":
     return backbone
-  from models.heads import PreferenceModel  # local: only reward-model runs need it
-  pm = config.preference_model
-  return PreferenceModel(backbone, value_dim=1 if head == "bt_reward" else pm.value_dim,
-                         normalize=pm.normalize and head == "gpm",
-                         prompt_head=pm.prompt_head and head == "gpm",
-                         rngs=nnx.Rngs(params=config.seed + 1))
+  from models.heads import build_preference_model  # local: only reward-model runs need it
+  return build_preference_model(backbone, head, config.preference_model,
+                                rngs=nnx.Rngs(params=config.seed + 1))
 
 
 def _new_model(config, head: str, seed: int):
