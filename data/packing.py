@@ -17,6 +17,11 @@ losses read them); the packed ones are added beside them:
 The training step reads the packed forward when ``packed_ids`` is present
 (`training.step.pair_logps`). A batch whose sequences do not fit in R rows is returned
 unpacked (`pack_batch` gives None), which the step handles as an ordinary batch.
+
+With gradient accumulation over K micro-batches the step gives micro-batch j the pairs
+j, j + K, j + 2K, ... (`training.step.make_train_step`). `pack_micro_batches` packs each
+micro-batch on its own into R/K rows and interleaves the rows the same way, so the step's
+split hands every micro-batch exactly its own packed rows and indices.
 """
 
 from __future__ import annotations
@@ -58,4 +63,30 @@ def pack_batch(batch: dict, rows: int) -> dict | None:
     index[side][b, 1:n] = row * length + start + np.arange(1, n)
   out = dict(batch, packed_ids=ids, packed_segment_ids=segments, packed_positions=positions)
   out.update({f"{side}_packed_index": index[side] for side in sides})
+  return out
+
+
+def pack_micro_batches(batch: dict, rows: int, micro_batches: int = 1) -> dict | None:
+  """`pack_batch` for a step that splits `batch` into `micro_batches` (module doc).
+
+  Micro-batch j (pairs j::K) is packed into rows/K rows; row r of it becomes row r·K + j of
+  the packed arrays, and its pair r becomes pair r·K + j of `{side}_packed_index`, which is
+  where the step's split takes them from. None unless every micro-batch fits.
+  """
+  if micro_batches == 1:
+    return pack_batch(batch, rows)
+  if rows % micro_batches or len(batch["chosen_ids"]) % micro_batches:
+    raise ValueError(f"rows={rows} and the batch's {len(batch['chosen_ids'])} pairs must "
+                     f"both divide into {micro_batches} micro-batches")
+  parts = []
+  for j in range(micro_batches):
+    packed = pack_batch({key: value[j::micro_batches] for key, value in batch.items()},
+                        rows // micro_batches)
+    if packed is None:
+      return None
+    parts.append(packed)
+  out = dict(batch)
+  for key in parts[0].keys() - batch.keys():
+    stacked = np.stack([part[key] for part in parts], axis=1)  # [n / K, K, T]
+    out[key] = stacked.reshape((-1,) + stacked.shape[2:])
   return out

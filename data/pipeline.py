@@ -53,7 +53,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from data.errors import DataError, locate
-from data.packing import pack_batch
+from data.packing import pack_micro_batches
 from data.readers import PAIR_FIELDS, TOKEN_FIELDS
 from data.tokenizer import Tokenizer
 
@@ -420,7 +420,8 @@ class PreferenceBatcher:
   shapes stay static; those few examples are seen twice that epoch).
   ``on_identical_pair``, ``on_long_prompt`` and ``source_name`` go to
   ``TokenizedPairs``. ``pack_rows`` > 0 packs each batch's sequences into
-  that many rows when they fit (``data/packing.py``; single process only).
+  that many rows when they fit (``data/packing.py``; single process only),
+  each of the step's ``grad_accum_steps`` micro-batches on its own.
   """
 
   def __init__(self, source, tokenizer: Tokenizer, *, batch_size: int, seed: int,
@@ -428,10 +429,12 @@ class PreferenceBatcher:
                shuffle: bool = True, drop_remainder: bool = True,
                process_index: int = 0, process_count: int = 1,
                on_identical_pair: str = "drop", on_long_prompt: str = "truncate",
-               source_name: str | None = None, pack_rows: int = 0):
+               source_name: str | None = None, pack_rows: int = 0,
+               grad_accum_steps: int = 1):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     self.pack_rows = int(pack_rows)
+    self.grad_accum_steps = int(grad_accum_steps)
     if self.pack_rows and process_count > 1:
       # Hosts whose slices fit differently would hand the step different array sets.
       raise ValueError("pack_rows needs a single process (process_count is "
@@ -484,7 +487,7 @@ class PreferenceBatcher:
     batch = collate(local, length, self.pairs.pad_id)
     if self.pack_rows:
       # data/packing.py; a batch that does not fit stays unpacked.
-      return pack_batch(batch, self.pack_rows) or batch
+      return pack_micro_batches(batch, self.pack_rows, self.grad_accum_steps) or batch
     return batch
 
   def __iter__(self) -> Iterator[dict]:

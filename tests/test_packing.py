@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from data.packing import pack_batch
+from data.packing import pack_batch, pack_micro_batches
 from data.pipeline import TokenizedPair, collate
 
 PACKED_KEYS = ("packed_ids", "packed_segment_ids", "packed_positions", "chosen_packed_index",
@@ -53,16 +53,33 @@ def test_batch_that_does_not_fit_is_left_unpacked():
   assert single is not None and "rejected_packed_index" not in single
 
 
-@pytest.mark.parametrize("loss", ["dpo", "simpo"])
-def test_packed_step_equals_the_unpacked_step(tmp_path, tfds_dir, loss):
-  """Two train steps on packed batches give the losses and params of the plain batches."""
+def test_micro_batches_are_packed_apart_where_the_step_splits_them():
+  """With K = 2 micro-batches, the step's split (pairs j::K, rows j::K) finds exactly what
+  pack_batch makes of micro-batch j alone; one micro-batch that does not fit: no packing."""
+  batch = _batch()
+  packed = pack_micro_batches(batch, rows=6, micro_batches=2)
+  for j in range(2):
+    alone = pack_batch({k: v[j::2] for k, v in batch.items()}, rows=3)
+    for key in PACKED_KEYS:
+      np.testing.assert_array_equal(packed[key][j::2], alone[key], err_msg=key)
+  # Micro-batch 1 (19 tokens) fits in 2 rows of 10, micro-batch 0 (23 tokens) does not.
+  assert pack_batch({k: v[1::2] for k, v in batch.items()}, rows=2) is not None
+  assert pack_micro_batches(batch, rows=4, micro_batches=2) is None
+  with pytest.raises(ValueError, match="micro-batches"):
+    pack_micro_batches(batch, rows=5, micro_batches=2)
+
+
+@pytest.mark.parametrize("loss, grad_accum", [("dpo", 1), ("simpo", 1), ("dpo", 2)])
+def test_packed_step_equals_the_unpacked_step(tmp_path, tfds_dir, loss, grad_accum):
+  """Two train steps on packed batches give the losses and params of the plain batches,
+  with and without gradient accumulation."""
   from tests.conftest import micro_config
   from training import loop
   from training.mesh import put_batch
 
   # Sequences of 19-31 tokens in one 64-token bucket: two fit in a row.
   config = micro_config(**{"data.data_dir": tfds_dir, "data.pack_rows": 10, "loss.name": loss,
-                           "data.buckets": (64,)})
+                           "data.buckets": (64,), "grad_accum_steps": grad_accum})
   exp = loop.build(config, str(tmp_path))
   step = jax.jit(loop.make_train_step_for(exp))
   results = []
@@ -84,7 +101,7 @@ def test_packed_step_equals_the_unpacked_step(tmp_path, tfds_dir, loss):
 
 @pytest.mark.parametrize("override,message", [
     ({"data.pack_rows": 17}, "pack_rows must be in"),
-    ({"data.pack_rows": 8, "grad_accum_steps": 2}, "grad_accum_steps = 1"),
+    ({"data.pack_rows": 9, "grad_accum_steps": 2}, "grad_accum_steps = 2"),
     ({"data.pack_rows": 8, "model.share_prompt": True}, "share_prompt"),
     ({"data.pack_rows": 8, "model.logits_on": "completion"}, "logits_on"),
 ])

@@ -36,12 +36,11 @@ def _check_packing(config, batch_devices: int, process_count: int):
   _require(0 < rows <= 2 * config.batch_size,
            f"config.data.pack_rows must be in [0, 2 * batch_size = {2 * config.batch_size}], "
            f"got {rows}")
-  _require(rows % batch_devices == 0,
+  k = config.grad_accum_steps
+  _require(rows % (batch_devices * k) == 0,
            f"config.data.pack_rows={rows} must be divisible by the mesh's data x fsdp = "
-           f"{batch_devices} devices")
-  _require(config.grad_accum_steps == 1,
-           "config.data.pack_rows needs config.grad_accum_steps = 1 (micro-batches split "
-           f"pairs, not packed rows), got {config.grad_accum_steps}")
+           f"{batch_devices} devices x grad_accum_steps = {k} (each micro-batch packs into "
+           f"its own rows, split evenly over the devices)")
   _require(process_count == 1,
            f"config.data.pack_rows needs a single process, got {process_count}")
   _require(not config.model.get("share_prompt", False),

@@ -168,6 +168,7 @@ def make_batcher(config, tokenizer, source) -> pipeline.PreferenceBatcher:
   """Shuffled training batches; batch `s` depends on (seed, s) only."""
   return pipeline.PreferenceBatcher(source, tokenizer, batch_size=config.batch_size,
                                     seed=config.seed, pack_rows=config.data.get("pack_rows", 0),
+                                    grad_accum_steps=config.grad_accum_steps,
                                     **_length_limits(config))
 
 
