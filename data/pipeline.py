@@ -420,8 +420,9 @@ class PreferenceBatcher:
   shapes stay static; those few examples are seen twice that epoch).
   ``on_identical_pair``, ``on_long_prompt`` and ``source_name`` go to
   ``TokenizedPairs``. ``pack_rows`` > 0 packs each batch's sequences into
-  that many rows when they fit (``data/packing.py``; single process only),
-  each of the step's ``grad_accum_steps`` micro-batches on its own.
+  that many rows when they fit (``data/packing.py``): each process's slice
+  into its share of the rows, each of the step's ``grad_accum_steps``
+  micro-batches on its own, and only when every process's slice fits.
   """
 
   def __init__(self, source, tokenizer: Tokenizer, *, batch_size: int, seed: int,
@@ -435,10 +436,10 @@ class PreferenceBatcher:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     self.pack_rows = int(pack_rows)
     self.grad_accum_steps = int(grad_accum_steps)
-    if self.pack_rows and process_count > 1:
-      # Hosts whose slices fit differently would hand the step different array sets.
-      raise ValueError("pack_rows needs a single process (process_count is "
-                       f"{process_count})")
+    self.process_index, self.process_count = process_index, process_count
+    if self.pack_rows % (process_count * self.grad_accum_steps):
+      raise ValueError(f"pack_rows={pack_rows} must divide into process_count="
+                       f"{process_count} x grad_accum_steps={grad_accum_steps} parts")
     self._local = _local_slice(batch_size, process_index, process_count)
     self.buckets = check_buckets(buckets, max_prompt_len + max_completion_len)
     self.pairs = _tokenized(source, tokenizer, max_prompt_len=max_prompt_len,
@@ -487,8 +488,37 @@ class PreferenceBatcher:
     batch = collate(local, length, self.pairs.pad_id)
     if self.pack_rows:
       # data/packing.py; a batch that does not fit stays unpacked.
-      return pack_micro_batches(batch, self.pack_rows, self.grad_accum_steps) or batch
+      return self._packed(batch, idx, length) or batch
     return batch
+
+  def _packed(self, batch: dict, idx: np.ndarray, length: int) -> dict | None:
+    """This process's slice packed into pack_rows / process_count rows, or None.
+
+    Every process must hand the step the same arrays, so each one packs every process's
+    slice and packs only if all fit. The global packed rows are the processes' rows in
+    process order, so this slice's flat indices move by its rows' offset within each
+    micro-batch: process p's rows r·K + j are micro-batch j's rows p·R/K + r (R rows per
+    process, K micro-batches).
+    """
+    rows = self.pack_rows // self.process_count
+    k = self.grad_accum_steps
+    if self.process_count > 1:
+      local = len(idx) // self.process_count
+      for p in range(self.process_count):
+        if p == self.process_index:
+          continue
+        other = collate([self.pairs[i] for i in idx[p * local:(p + 1) * local]], length,
+                        self.pairs.pad_id)
+        if pack_micro_batches(other, rows, k) is None:
+          return None
+    packed = pack_micro_batches(batch, rows, k)
+    if packed is None or self.process_index == 0:
+      return packed
+    offset = self.process_index * (rows // k) * length
+    for key in packed.keys() - batch.keys():
+      if key.endswith("_packed_index"):
+        packed[key] = np.where(packed[key] >= 0, packed[key] + offset, -1).astype(np.int32)
+    return packed
 
   def __iter__(self) -> Iterator[dict]:
     """Endless batches from step 0; use ``batch(step)`` to resume elsewhere."""

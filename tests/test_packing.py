@@ -69,27 +69,39 @@ def test_micro_batches_are_packed_apart_where_the_step_splits_them():
     pack_micro_batches(batch, rows=5, micro_batches=2)
 
 
-@pytest.mark.parametrize("loss, grad_accum", [("dpo", 1), ("simpo", 1), ("dpo", 2)])
-def test_packed_step_equals_the_unpacked_step(tmp_path, tfds_dir, loss, grad_accum):
+@pytest.mark.parametrize("loss, grad_accum, processes",
+                         [("dpo", 1, 1), ("simpo", 1, 1), ("dpo", 2, 1), ("dpo", 2, 2)])
+def test_packed_step_equals_the_unpacked_step(tmp_path, tfds_dir, loss, grad_accum, processes):
   """Two train steps on packed batches give the losses and params of the plain batches,
-  with and without gradient accumulation."""
+  with and without gradient accumulation. With two processes, each packs its own slice and
+  the global batch is their slices in process order, as `put_batch` assembles it."""
+  from data import pipeline
   from tests.conftest import micro_config
   from training import loop
   from training.mesh import put_batch
 
   # Sequences of 19-31 tokens in one 64-token bucket: two fit in a row.
-  config = micro_config(**{"data.data_dir": tfds_dir, "data.pack_rows": 10, "loss.name": loss,
+  config = micro_config(**{"data.data_dir": tfds_dir, "data.pack_rows": 12, "loss.name": loss,
                            "data.buckets": (64,), "grad_accum_steps": grad_accum})
   exp = loop.build(config, str(tmp_path))
+  limits = dict(loop._length_limits(config), process_count=processes)
+  hosts = [pipeline.PreferenceBatcher(
+      exp.train_batches.pairs, None, batch_size=config.batch_size, seed=config.seed,
+      pack_rows=12, grad_accum_steps=grad_accum, **dict(limits, process_index=p))
+      for p in range(processes)]
   step = jax.jit(loop.make_train_step_for(exp))
   results = []
   for packed in (True, False):
     state, losses = exp.state, []
     for s in range(2):
-      batch = exp.train_batches.batch(s)
-      assert "packed_ids" in batch  # the 16 sequences fit in 10 rows
+      slices = [host.batch(s) for host in hosts]
+      batch = {k: np.concatenate([b[k] for b in slices]) for k in slices[0]}
+      assert "packed_ids" in batch  # the 16 sequences fit in 12 rows
       if not packed:
         batch = {k: v for k, v in batch.items() if k not in PACKED_KEYS}
+        plain = exp.train_batches.batch(s)
+        for k in plain.keys() - set(PACKED_KEYS):
+          np.testing.assert_array_equal(batch[k], plain[k], err_msg=k)
       state, metrics = step(state, exp.ref_params, put_batch(batch, exp.mesh))
       assert metrics["nonfinite"] == 0
       losses.append(float(metrics["loss"]))

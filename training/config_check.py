@@ -37,12 +37,11 @@ def _check_packing(config, batch_devices: int, process_count: int):
            f"config.data.pack_rows must be in [0, 2 * batch_size = {2 * config.batch_size}], "
            f"got {rows}")
   k = config.grad_accum_steps
-  _require(rows % (batch_devices * k) == 0,
+  _require(rows % (batch_devices * k) == 0 and rows % (process_count * k) == 0,
            f"config.data.pack_rows={rows} must be divisible by the mesh's data x fsdp = "
-           f"{batch_devices} devices x grad_accum_steps = {k} (each micro-batch packs into "
-           f"its own rows, split evenly over the devices)")
-  _require(process_count == 1,
-           f"config.data.pack_rows needs a single process, got {process_count}")
+           f"{batch_devices} devices x grad_accum_steps = {k} and by the {process_count} "
+           f"processes x {k} (each process's micro-batches pack into their own rows, split "
+           f"evenly over the devices)")
   _require(not config.model.get("share_prompt", False),
            "config.data.pack_rows and config.model.share_prompt are two layouts of the same "
            "forward; set one of them")
