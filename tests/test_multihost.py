@@ -31,19 +31,28 @@ def _env(devices: int) -> dict:
   return env
 
 
-def test_two_processes_match_one_process_with_two_devices(tmp_path):
+# The packed variant: one 64-token bucket, so two of the 19-31-token sequences share a row;
+# each process packs its slice into 6 of the 12 rows, the single process (unpacked) is the
+# reference. Under -m slow (suite time); the layout is also checked in one process
+# (tests/test_packing.py).
+PACKED = ["--config.data.pack_rows=12", "--config.data.buckets=(64,)"]
+
+
+@pytest.mark.parametrize("packed", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_two_processes_match_one_process_with_two_devices(tmp_path, packed):
   tfds_dir = str(tmp_path / "tfds")
   common = [sys.executable, "-m", "experiments.train", *OVERRIDES,
             f"--config.data.data_dir={tfds_dir}"]
-  single = subprocess.run(common + [f"--workdir={tmp_path / 'single'}"], cwd=ROOT, env=_env(2),
-                          capture_output=True, text=True, timeout=300)
+  single = subprocess.run(common + [f"--workdir={tmp_path / 'single'}"]
+                          + (["--config.data.buckets=(64,)"] if packed else []),
+                          cwd=ROOT, env=_env(2), capture_output=True, text=True, timeout=300)
   assert single.returncode == 0, single.stderr[-3000:]
 
   port = _free_port()
   multi_dir = tmp_path / "multi"
   procs = [subprocess.Popen(
       common + [f"--workdir={multi_dir}", "--distributed", f"--coordinator_address=localhost:{port}",
-                "--num_processes=2", f"--process_id={i}"],
+                "--num_processes=2", f"--process_id={i}"] + (PACKED if packed else []),
       cwd=ROOT, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in range(2)]
   outputs = [p.communicate(timeout=300) for p in procs]
