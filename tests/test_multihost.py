@@ -31,20 +31,26 @@ def _env(devices: int) -> dict:
   return env
 
 
-# The packed variant: one 64-token bucket, so two of the 19-31-token sequences share a row;
-# each process packs its slice into 6 of the 12 rows, the single process (unpacked) is the
-# reference. Under -m slow (suite time); the layout is also checked in one process
-# (tests/test_packing.py).
-PACKED = ["--config.data.pack_rows=12", "--config.data.buckets=(64,)"]
+# Variants under -m slow (suite time), each against the same plain single process:
+# * packed: one 64-token bucket, so two of the 19-31-token sequences share a row; each
+#   process packs its slice into 6 of the 12 rows (the layout is also checked in one process,
+#   tests/test_packing.py);
+# * precomputed: each process computes its slices of the reference log-probs, and every
+#   process keeps all of them (its training batches hold the other slices' examples).
+VARIANTS = {"plain": ([], []),
+            "packed": (["--config.data.buckets=(64,)"],
+                       ["--config.data.pack_rows=12", "--config.data.buckets=(64,)"]),
+            "precomputed": ([], ["--config.reference.mode=precomputed"])}
 
 
-@pytest.mark.parametrize("packed", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_two_processes_match_one_process_with_two_devices(tmp_path, packed):
+@pytest.mark.parametrize("variant", ["plain", pytest.param("packed", marks=pytest.mark.slow),
+                                     pytest.param("precomputed", marks=pytest.mark.slow)])
+def test_two_processes_match_one_process_with_two_devices(tmp_path, variant):
+  single_args, multi_args = VARIANTS[variant]
   tfds_dir = str(tmp_path / "tfds")
   common = [sys.executable, "-m", "experiments.train", *OVERRIDES,
             f"--config.data.data_dir={tfds_dir}"]
-  single = subprocess.run(common + [f"--workdir={tmp_path / 'single'}"]
-                          + (["--config.data.buckets=(64,)"] if packed else []),
+  single = subprocess.run(common + [f"--workdir={tmp_path / 'single'}"] + single_args,
                           cwd=ROOT, env=_env(2), capture_output=True, text=True, timeout=300)
   assert single.returncode == 0, single.stderr[-3000:]
 
@@ -52,7 +58,7 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path, packed):
   multi_dir = tmp_path / "multi"
   procs = [subprocess.Popen(
       common + [f"--workdir={multi_dir}", "--distributed", f"--coordinator_address=localhost:{port}",
-                "--num_processes=2", f"--process_id={i}"] + (PACKED if packed else []),
+                "--num_processes=2", f"--process_id={i}"] + multi_args,
       cwd=ROOT, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in range(2)]
   outputs = [p.communicate(timeout=300) for p in procs]
@@ -67,3 +73,5 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path, packed):
         continue
       assert have[key] == pytest.approx(value, abs=1e-5), (want["step"], key)
   assert os.path.isdir(multi_dir / "checkpoints" / "4")
+  if variant == "precomputed":  # a train and an eval cache per process
+    assert len(os.listdir(multi_dir / "reference_cache")) == 4

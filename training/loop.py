@@ -300,10 +300,18 @@ def _reference_cache(exp: Experiment, workdir: str) -> tuple[ReferenceCache, Ref
     logging.info("precomputing reference log-probs for the %s split -> %s", split, path)
     cache = ReferenceCache.compute(
         lambda b: logps_fn(exp.ref_params, put_batch(b, exp.mesh)),
-        make_eval_batches(config, exp.tokenizer, source))
+        make_eval_batches(config, exp.tokenizer, source),
+        gather=_whole_batch if jax.process_count() > 1 else jax.device_get)
     cache.save(path)
     caches.append(cache)
   return caches[0], caches[1]
+
+
+def _whole_batch(x):
+  """This process's slice of a batch array (numpy), or a batch-sharded global array -> the
+  whole global batch on this host: the processes' slices in process order."""
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(x, tiled=True)
 
 
 def evaluate(exp: Experiment, eval_fn, params, ref_params, ref_cache=None) -> dict:
@@ -455,10 +463,6 @@ def train(config, workdir: str, *, stop_at: int | None = None) -> dict:
   `stop_at` ends this run after that step with a checkpoint, as a preemption would (for
   time-sliced jobs and resume tests); a later call with the same workdir continues.
   """
-  if config.reference.mode == "precomputed" and jax.process_count() > 1:
-    # The cache is keyed by example id but each process only sees its slice of each batch.
-    raise ValueError("config.reference.mode='precomputed' supports one process for now; use "
-                     "'in_step' on multi-host runs")
   exp = build(config, workdir)
   needs = exp.algorithm.requirements
   if jax.process_index() == 0:  # what the run was, for readers of the workdir (scorers too)

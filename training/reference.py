@@ -23,6 +23,10 @@ def fingerprint(parts: dict) -> str:
   return hashlib.sha256(blob).hexdigest()[:16]
 
 
+# The batch arrays a cache row needs.
+_ROW_KEYS = ("example_id", "weight", "chosen_attention_mask", "rejected_attention_mask")
+
+
 class ReferenceCache:
   """example_id -> per-token reference log-probs of chosen and rejected (unpadded)."""
 
@@ -30,18 +34,25 @@ class ReferenceCache:
     self.chosen, self.rejected = chosen, rejected
 
   @classmethod
-  def compute(cls, logps_fn, batches) -> "ReferenceCache":
-    """`logps_fn(batch) -> ([B, T], [B, T])` on device; `batches` yields host batches."""
+  def compute(cls, logps_fn, batches, gather=jax.device_get) -> "ReferenceCache":
+    """`logps_fn(batch) -> ([B, T], [B, T])` on device; `batches` yields host batches.
+
+    `gather(x)` turns a batch array (this process's numpy slice, or the step's batch-sharded
+    output) into the whole global batch on this host. On several processes every process
+    thus keeps every example's log-probs: its later training batches hold examples that
+    other processes' eval slices held. One process: `jax.device_get`.
+    """
     chosen, rejected = {}, {}
     for batch in batches:
-      ref_chosen, ref_rejected = jax.device_get(logps_fn(batch))
-      keep = np.asarray(batch.get("weight", np.ones(len(batch["example_id"])))) > 0
+      ref_chosen, ref_rejected = (np.asarray(gather(x)) for x in logps_fn(batch))
+      rows = {k: np.asarray(gather(batch[k])) for k in _ROW_KEYS if k in batch}
+      keep = rows.get("weight", np.ones(len(rows["example_id"]))) > 0
       for row in np.flatnonzero(keep):
-        example_id = int(batch["example_id"][row])
+        example_id = int(rows["example_id"][row])
         chosen[example_id] = np.asarray(
-            ref_chosen[row, :int(batch["chosen_attention_mask"][row].sum())], np.float32)
+            ref_chosen[row, :int(rows["chosen_attention_mask"][row].sum())], np.float32)
         rejected[example_id] = np.asarray(
-            ref_rejected[row, :int(batch["rejected_attention_mask"][row].sum())], np.float32)
+            ref_rejected[row, :int(rows["rejected_attention_mask"][row].sum())], np.float32)
     return cls(chosen, rejected)
 
   def save(self, path: str):
