@@ -54,7 +54,7 @@ import numpy as np
 
 from data.errors import DataError, locate
 from data.packing import pack_micro_batches
-from data.readers import PAIR_FIELDS, TOKEN_FIELDS
+from data.readers import PAIR_FIELDS, TOKEN_FIELDS, pair_numbers
 from data.tokenizer import Tokenizer
 
 _CHUNK = 1024  # records tokenized per encode_batch call
@@ -192,7 +192,7 @@ class TokenizedPairs(Sequence[TokenizedPair]):
         pairs.append(TokenizedPair(
             example_id, np.asarray(prompt, np.int32),
             np.asarray(c, np.int32), np.asarray(r, np.int32),
-            _pair_extras(source, self.source_name, index - 1, rec)))
+            pair_numbers(rec, lambda f, i=index - 1: _where(source, self.source_name, i, f))))
     fields.check(source, self.source_name)
     stats.kept = len(pairs)
     self.stats = stats
@@ -254,20 +254,6 @@ class _FieldPresence:
             f"{_where(source, source_name, without, field)}: missing, but other records "
             f"give it (first: {_where(source, source_name, with_it, field)}); give "
             f"{field} on every record of the split or on none")
-
-
-def _pair_extras(source, source_name: str, index: int, record: Mapping) -> dict:
-  """The record's PAIR_FIELDS as floats; a non-numeric value is a DataError naming it."""
-  extras = {}
-  for field in PAIR_FIELDS:
-    if field in record and record[field] is not None:
-      value = record[field]
-      if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or (
-          not math.isfinite(float(value))):
-        raise DataError(f"{_where(source, source_name, index, field)}: must be a finite "
-                        f"number, got {value!r}")
-      extras[field] = float(value)
-  return extras
 
 
 def _tokenized(source, tokenizer: Tokenizer, **kwargs) -> TokenizedPairs:

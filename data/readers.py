@@ -43,6 +43,8 @@ import math
 import os
 from typing import Iterator, Sequence
 
+import numpy as np
+
 from data.errors import DataError, locate
 
 # Bump whenever parsing or rendering changes the produced text: it is mixed
@@ -241,20 +243,26 @@ def normalize_record(record, *, file: str, line: int | None = None,
 
 def _numbers(record: dict, file, line, index) -> dict:
   """The record's PAIR_FIELDS as floats (null = not given); TOKEN_FIELDS are refused."""
+  where = lambda field: locate(file, line=line, record=index, field=field)  # noqa: E731
   for field in TOKEN_FIELDS:
     if record.get(field) is not None:
-      raise DataError(f"{locate(file, line=line, record=index, field=field)}: per-token "
-                      f"values cannot be read from a file (they must align with the "
-                      f"tokenizer's tokens); they are computed during training")
+      raise DataError(f"{where(field)}: per-token values cannot be read from a file (they "
+                      f"must align with the tokenizer's tokens); they are computed during "
+                      f"training")
+  return pair_numbers(record, where)
+
+
+def pair_numbers(record, where) -> dict:
+  """The PAIR_FIELDS a record gives (None = not given) as floats; anything but a finite
+  number is a DataError at `where(field)`. Files and in-memory records share this rule."""
   out = {}
   for field in PAIR_FIELDS:
     value = record.get(field)
     if value is None:
       continue
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
-        value):
-      raise DataError(f"{locate(file, line=line, record=index, field=field)}: must be a "
-                      f"finite number or null, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or (
+        not math.isfinite(float(value))):
+      raise DataError(f"{where(field)}: must be a finite number or null, got {value!r}")
     out[field] = float(value)
   return out
 

@@ -217,12 +217,8 @@ class CorrelatedDataWorld:
 
   def loss_and_grad_norm(self, loss_name: str, cfg, probs: np.ndarray) -> tuple[float, float]:
     """The exact expected loss at the policy `probs` [R] and its gradient's norm."""
-    w, loss = self.world, algorithms.get_loss(loss_name)
-    objective = lambda theta: loss(pair_inputs(w.space, w.pairs,
-                                               tabular.token_log_probs(w.space, theta),
-                                               ref=w.ref_tokens), cfg)[0]
-    logits = jnp.asarray(tabular.logits_for(w.space, probs), jnp.float32)
-    value, grad = jax.value_and_grad(objective)(logits)
+    logits = jnp.asarray(tabular.logits_for(self.world.space, probs), jnp.float32)
+    value, grad = jax.value_and_grad(self.world.objective(loss_name, cfg))(logits)
     return float(value), float(jnp.linalg.norm(grad))
 
 
@@ -237,32 +233,30 @@ def length_correlated_data_worlds() -> Iterator[WorldResult]:
   with Adam as in every world; α = 0.25, 0 and plain gradient descent (20,000 steps of 1.0)
   are information only.
   """
-  fits = {}  # (K, loss label, optimizer) -> learned π
+  dpo_cfg = loss_config("dpo", beta=BETA)
+  dpo_fits = {}  # K -> (world, {optimizer: DPO's learned π})
   for k in CORRELATED_KS:
     w = CorrelatedDataWorld(k)
-    dpo_cfg = loss_config("dpo", beta=BETA)
-    fits[k, "dpo"] = w, dpo_cfg, {"adam": w.world.fit("dpo", dpo_cfg),
-                                  "gd": w.world.fit("dpo", dpo_cfg, **_GD)}
+    dpo_fits[k] = w, {"adam": w.world.fit("dpo", dpo_cfg),
+                      "gd": w.world.fit("dpo", dpo_cfg, **_GD)}
   for apply_to_ref in (True, False):
     series = {}
+    ld_cfg = lambda alpha: loss_config("ld_dpo", beta=BETA, ld_alpha=alpha,
+                                       ld_apply_to_ref=apply_to_ref)
     for k in CORRELATED_KS:
-      w, dpo_cfg, dpo = fits[k, "dpo"]
+      w, dpo = dpo_fits[k]
       dpo_drift = {opt: w.drift(p) for opt, p in dpo.items()}
-      ratios, ld_adam = {}, {}
-      for alpha in (LD_ALPHA,) + INFO_ALPHAS:
-        cfg = loss_config("ld_dpo", beta=BETA, ld_alpha=alpha, ld_apply_to_ref=apply_to_ref)
-        ld_adam[alpha] = w.world.fit("ld_dpo", cfg)
-        ratios[alpha, "adam"] = w.drift(ld_adam[alpha]) / dpo_drift["adam"]
-        if alpha == LD_ALPHA:
-          ld_cfg = cfg
-          ratios[alpha, "gd"] = w.drift(w.world.fit("ld_dpo", cfg, **_GD)) / dpo_drift["gd"]
+      ld_adam = {alpha: w.world.fit("ld_dpo", ld_cfg(alpha))
+                 for alpha in (LD_ALPHA,) + INFO_ALPHAS}
+      ratios = {(alpha, "adam"): w.drift(p) / dpo_drift["adam"] for alpha, p in ld_adam.items()}
+      ratios[LD_ALPHA, "gd"] = (w.drift(w.world.fit("ld_dpo", ld_cfg(LD_ALPHA), **_GD))
+                                / dpo_drift["gd"])
       ratio = ratios[LD_ALPHA, "adam"]
       target_loss = {name: w.loss_and_grad_norm(name, c, w.target)[0]
-                     for name, c in (("dpo", dpo_cfg), ("ld_dpo", ld_cfg))}
+                     for name, c in (("dpo", dpo_cfg), ("ld_dpo", ld_cfg(LD_ALPHA)))}
       dpo_loss, dpo_grad = w.loss_and_grad_norm("dpo", dpo_cfg, dpo["adam"])
-      ld_loss, ld_grad = w.loss_and_grad_norm("ld_dpo", ld_cfg, ld_adam[LD_ALPHA])
-      series[f"K={k}"] = [w.drift(dpo["adam"])] + [w.drift(ld_adam[a])
-                                                   for a in (LD_ALPHA,) + INFO_ALPHAS]
+      ld_loss, ld_grad = w.loss_and_grad_norm("ld_dpo", ld_cfg(LD_ALPHA), ld_adam[LD_ALPHA])
+      series[f"K={k}"] = [dpo_drift["adam"]] + [w.drift(p) for p in ld_adam.values()]
       shortfall = ""
       if abs(ratio) > LD_DRIFT_RATIO:
         shortfall = (
@@ -288,8 +282,9 @@ def length_correlated_data_worlds() -> Iterator[WorldResult]:
                 f"0..{k - 1}: π_ref 0.333 each, DPO "
                 f"{np.round(w.stop_probs(dpo['adam'], CORRECT), 3).tolist()}, LD-DPO "
                 f"{np.round(w.stop_probs(ld_adam[LD_ALPHA], CORRECT), 3).tolist()}. "
-                f"Information only, not judged: ratio at α=0.25 {ratios[0.25, 'adam']:.3f}, α=0 {ratios[0.0, 'adam']:.3f}; plain "
-                f"gradient descent: DPO drift {dpo_drift['gd']:+.3f}, ratio at α={LD_ALPHA} "
+                f"Information only, not judged: ratio at α=0.25 {ratios[0.25, 'adam']:.3f}, "
+                f"α=0 {ratios[0.0, 'adam']:.3f}; plain gradient descent: DPO drift "
+                f"{dpo_drift['gd']:+.3f}, ratio at α={LD_ALPHA} "
                 f"{ratios[LD_ALPHA, 'gd']:.3f}. Loss − π*'s loss: DPO "
                 f"{dpo_loss - target_loss['dpo']:+.1e}, LD-DPO "
                 f"{ld_loss - target_loss['ld_dpo']:+.1e}; final ‖∇‖: DPO {dpo_grad:.1e}, "

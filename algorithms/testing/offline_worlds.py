@@ -70,12 +70,8 @@ class KLWorld:
       out[rows] = games.kl_optimum(self.ref[rows], reward[rows], beta)
     return out
 
-  def fit(self, loss_name: str, cfg, extra_fields=None, steps: int = 3000,
-          learning_rate: float = 0.1, optimizer: Callable = adam) -> np.ndarray:
-    """Minimises the exact expected loss from π = π_ref; returns the learned π [R].
-
-    `optimizer(objective, params, steps=, learning_rate=)` -> (params, values), `adam` by
-    default (`gradient_descent` where a world asks where plain gradient flow lands)."""
+  def objective(self, loss_name: str, cfg, extra_fields=None) -> Callable:
+    """θ (tabular logits [E]) -> the loss's exact expected value over `self.pairs`."""
     loss = algorithms.get_loss(loss_name)
     extra_fields = extra_fields or {}
 
@@ -83,7 +79,15 @@ class KLWorld:
       tok = tabular.token_log_probs(self.space, theta)
       return loss(pair_inputs(self.space, self.pairs, tok, ref=self.ref_tokens,
                               **extra_fields), cfg)[0]
+    return objective
 
+  def fit(self, loss_name: str, cfg, extra_fields=None, steps: int = 3000,
+          learning_rate: float = 0.1, optimizer: Callable = adam) -> np.ndarray:
+    """Minimises the exact expected loss from π = π_ref; returns the learned π [R].
+
+    `optimizer(objective, params, steps=, learning_rate=)` -> (params, values), `adam` by
+    default (`gradient_descent` where a world asks where plain gradient flow lands)."""
+    objective = self.objective(loss_name, cfg, extra_fields)
     theta = jax.jit(lambda t: optimizer(objective, t, steps=steps,
                                         learning_rate=learning_rate)[0])(
         jnp.asarray(self.ref_logits, jnp.float32))
