@@ -78,17 +78,55 @@ class LossInputs:
   chosen_token_count: Optional[Array] = None
 
 
+ROUND_ROWS = ("best_worst", "gpo_targets", "groups")
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineRound:
+  """How an online algorithm's round turns its scored samples into training rows.
+
+  A round (experiments/iterate.py, training/rounds.py) samples K responses per prompt from
+  the current policy π_t, asks an oracle, builds rows as `rows` says, trains, and the trained
+  policy becomes π_{t+1}. Which frozen models the step reads is `Requirements.reference`
+  (π_ref = π_0, the policy the run starts from, never moves) and
+  `Requirements.previous_policy` (π_t, the policy that sampled the round: it moves every
+  round); their log-probs are computed once per round and stored with the rows.
+
+  rows:
+    "best_worst"   the best and the worst of the K responses by win-rate against the others
+                   (DNO-Prct, Rosset et al. 2024, Alg. 2; INPO's oracle-labelled pairs;
+                   online DPO); pairs below `config.online.min_margin` dropped; with
+                   `config.online.soft_labels` each pair carries DNO Alg. 1's soft label;
+    "gpo_targets"  GPO / SPPO's chosen and rejected with their score or win-rate targets
+                   (`algorithms.gpo.gpo_targets`);
+    "groups"       every response its own row, K consecutive rows per prompt, with its
+                   outcome label and PRIME's advantages (`algorithms.prime.prime_advantages`).
+  prm: an implicit PRM is carried from round to round: its process rewards enter the
+    advantages, and it is updated on every rollout batch with the outcome labels (PRIME,
+    Cui et al. 2025, Alg. 1).
+  """
+
+  rows: str
+  prm: bool = False
+
+  def __post_init__(self):
+    if self.rows not in ROUND_ROWS:
+      raise ValueError(f"OnlineRound.rows must be one of {ROUND_ROWS}, got {self.rows!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Requirements:
-  """What the training loop must compute for an algorithm.
+  """What the training loop must compute for an algorithm: the whole declaration.
 
-  reference: ref_{chosen,rejected}_logps from the frozen reference policy.
-  previous_policy: prev_{chosen,rejected}_logps from the previous iterate π_t.
+  reference: ref_{chosen,rejected}_logps from the frozen reference policy (for an online
+    algorithm: π_0, fixed for the whole run).
+  previous_policy: prev_{chosen,rejected}_logps from the previous iterate π_t (online: the
+    policy that sampled the round; it moves after every round).
   head: the model trained: "lm" (the policy's log-probs), "bt_reward" (a scalar reward head)
     or "gpm" (the General Preference Model's 2k-dim embedding head); for the heads the loop
     fills `chosen_values` / `rejected_values` instead of the log-prob fields.
-  online: the training pairs come from sampling the policy and scoring the samples
-    (one round per run for now), not from a fixed dataset.
+  online: None for a fixed dataset; an `OnlineRound` when the training rows come from
+    sampling the policy and scoring the samples, round after round.
   token_rewards: {chosen,rejected}_token_rewards (T-REG's contrastive prompting).
   outcome_labels: {chosen,rejected}_labels and step_ends (implicit PRM).
   """
@@ -96,7 +134,7 @@ class Requirements:
   reference: bool = True
   previous_policy: bool = False
   head: str = "lm"
-  online: bool = False
+  online: Optional[OnlineRound] = None
   token_rewards: bool = False
   outcome_labels: bool = False
 

@@ -52,7 +52,7 @@ from typing import Mapping, Optional
 import jax
 import jax.numpy as jnp
 
-from algorithms.base import (Array, LossInputs, Metrics, Requirements, batch_mean,
+from algorithms.base import (Array, LossInputs, Metrics, OnlineRound, Requirements, batch_mean,
                              preference_metrics, register, sequence_logps)
 from algorithms.dpo import (check_number, check_unused_zero, masked_float32,
                             policy_sequence_logps)
@@ -101,7 +101,8 @@ def _validate_dno(cfg: Mapping) -> None:
   check_unused_zero(cfg, "sft_weight")
 
 
-@register("dno", requirements=Requirements(reference=False, previous_policy=True, online=True),
+@register("dno", requirements=Requirements(reference=False, previous_policy=True,
+                                            online=OnlineRound("best_worst")),
           validate=_validate_dno)
 def dno(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   """DNO (Rosset et al. 2024): pair-weighted mean of `dno_loss` against π_t, η = cfg.beta.

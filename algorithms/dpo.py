@@ -28,7 +28,7 @@ from typing import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from algorithms.base import (Array, LossInputs, Metrics, Requirements, batch_mean,
+from algorithms.base import (Array, LossInputs, Metrics, OnlineRound, Requirements, batch_mean,
                              completion_lengths, preference_metrics, register, sequence_logps)
 
 # ---------------------------------------------------------------------------------------
@@ -269,6 +269,14 @@ def dpo(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   """
   return _reference_loss(
       inputs, cfg.beta, lambda h: sigmoid_loss(h, cfg.beta, cfg.label_smoothing))
+
+
+# Online DPO, the baseline every online table compares against: DPO's loss on best / worst
+# pairs of the policy's own samples, round after round, against the FIXED starting policy
+# π_0 (Guo et al. 2024, "Direct Language Model Alignment from Online AI Feedback", arXiv
+# 2402.04792, keep the SFT model as reference). DNO differs only in moving the anchor.
+register("online_dpo", requirements=Requirements(reference=True, online=OnlineRound("best_worst")),
+         validate=_validate_dpo)(dpo)
 
 
 @register("cdpo", requirements=Requirements(reference=True), validate=_validate_cdpo)

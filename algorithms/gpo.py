@@ -43,7 +43,7 @@ from typing import Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from algorithms.base import (Array, LossInputs, Metrics, Requirements, batch_mean,
+from algorithms.base import (Array, LossInputs, Metrics, OnlineRound, Requirements, batch_mean,
                              preference_metrics, register, sequence_logps)
 from algorithms.dpo import (check_number, check_unused_zero, config_value, masked_float32,
                             policy_sequence_logps)
@@ -158,7 +158,8 @@ def _previous_log_ratios(inputs: LossInputs) -> tuple[Array, Array, Array, Array
           policy_rejected)
 
 
-@register("gpo", requirements=Requirements(reference=False, previous_policy=True, online=True),
+@register("gpo", requirements=Requirements(reference=False, previous_policy=True,
+                                            online=OnlineRound("gpo_targets")),
           validate=_validate_gpo)
 def gpo(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   """GPO / SPPO squared regression against the previous iterate π_t:

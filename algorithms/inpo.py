@@ -43,7 +43,7 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-from algorithms.base import (Array, LossInputs, Metrics, Requirements, batch_mean,
+from algorithms.base import (Array, LossInputs, Metrics, OnlineRound, Requirements, batch_mean,
                              preference_metrics, register, sequence_logps)
 from algorithms.dno import frozen_sequence_logps, previous_sequence_logps
 from algorithms.dpo import (check_number, check_unused_zero, ipo_loss, masked_float32,
@@ -82,7 +82,8 @@ def _validate_inpo(cfg: Mapping) -> None:
 
 
 @register("inpo",
-          requirements=Requirements(reference=True, previous_policy=True, online=True),
+          requirements=Requirements(reference=True, previous_policy=True,
+                                    online=OnlineRound("best_worst")),
           validate=_validate_inpo)
 def inpo(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   """INPO (Zhang et al. 2025, Eq. 8): pair-weighted mean of `inpo_loss` on summed log-probs.

@@ -65,7 +65,8 @@ import jax
 import jax.numpy as jnp
 
 from algorithms import implicit_prm
-from algorithms.base import Array, LossInputs, Metrics, Requirements, batch_mean, register
+from algorithms.base import (Array, LossInputs, Metrics, OnlineRound, Requirements, batch_mean,
+                             register)
 from algorithms.dpo import check_number, check_unused_zero, config_value, masked_float32
 
 RLOO_FORMS = ("code", "paper")
@@ -282,7 +283,8 @@ def _validate_prime(cfg: Mapping) -> None:
   check_unused_zero(cfg, "sft_weight")
 
 
-@register("prime", requirements=Requirements(reference=False, previous_policy=True, online=True,
+@register("prime", requirements=Requirements(reference=False, previous_policy=True,
+                                             online=OnlineRound("groups", prm=True),
                                              outcome_labels=True),
           validate=_validate_prime)
 def prime(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:

@@ -119,22 +119,38 @@ def get_config() -> ml_collections.ConfigDict:
   # ("scaled_softmax", the official training file); see models.heads.PreferenceModel.
   config.preference_model.gate_form = "softmax"
 
-  # Online algorithms (dno, inpo, gpo, prime): one round of sampling and scoring before
-  # training. The full multi-round loop (experiments/iterate.py) is a later issue.
+  # Online algorithms (online_dpo, dno, inpo, gpo, prime): rounds of sampling from the policy,
+  # scoring by an oracle and training (training/rounds.py, python -m experiments.iterate).
+  # config.total_steps is the number of optimizer steps of each rollout's training.
   config.online = ml_collections.ConfigDict()
-  config.online.num_prompts = 64  # prompts sampled from the train split for the round
+  config.online.rounds = 3  # R rounds; the policy is evaluated after each (and before: π_0)
+  config.online.rollouts_per_round = 1  # PRIME: one policy update phase per fresh rollout
+  config.online.num_prompts = 64  # train-split prompts sampled for each rollout
   config.online.num_samples = 4  # K responses per prompt
   config.online.temperature = 1.0
   config.online.max_new_tokens = 24
-  # "verifier": the built-in task's rule (reward 1/0); "gpm": a GPM checkpoint directory.
+  # The oracle: "verifier" (the built-in task's rule), "gpm" / "bt_reward" (the workdir of a
+  # finished gpm / bt_reward run in scorer_path), or "judge" (a Python callable
+  # "package.module:function", fn(prompts, first, second) -> P(first ≻ second) each).
   config.online.scorer = "verifier"
   config.online.scorer_path = ""
-  # Steps of SFT on the train split's chosen responses before sampling (0: sample from the
-  # policy as loaded); the SFT policy is also the round's reference and π_t.
+  config.online.judge = ""
+  # best_worst rows (online_dpo, dno, inpo): keep a pair when its win-rate margin
+  # r(best) − r(worst) is at least this (DNO-Prct's large-margin filter); add the data's
+  # chosen response as one more candidate (DNO's teacher); give each pair DNO Alg. 1's soft
+  # label σ(r(best) − r(worst)) (the loss then runs its soft two-sided form).
+  config.online.min_margin = 0.0
+  config.online.teacher = False
+  config.online.soft_labels = False
+  # Steps of SFT on the train split's chosen responses before the first round (0: start
+  # from the policy as loaded); the result is π_0, the fixed reference.
   config.online.sft_steps = 0
   config.online.sft_learning_rate = 1e-3  # the warm-up's own AdamW rate (same schedule)
   config.online.accuracy_range = (0.2, 0.8)  # PRIME keeps prompts with accuracy in range
-  config.online.eval_prompts = 64  # held-out prompts whose greedy responses are verified
+  # Each round's evaluation: this many held-out prompts, one response each at this
+  # temperature (0: greedy), judged against π_0's response by the oracle.
+  config.online.eval_prompts = 64
+  config.online.eval_temperature = 0.0
 
   # T-REG's contrastive prompting: the same response scored after a prompt asking for a
   # better and for a worse answer; the prefixes are put before the prompt text.

@@ -1,6 +1,6 @@
-"""What the online presets (dno, inpo, gpo, prime) share: one round on the built-in task.
+"""What the online presets (online_dpo, dno, inpo, gpo, prime) share: rounds on the built-in task.
 
-Not a config file itself: `configs/<algorithm>.py` presets call `tiny_round`.
+Not a config file itself: `configs/<algorithm>.py` presets call `tiny_rounds`.
 """
 
 import ml_collections
@@ -8,24 +8,23 @@ import ml_collections
 from configs import dpo
 
 
-def tiny_round(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The DPO tiny model, 250 SFT steps, then one round of 256 prompts x 4 samples.
+def tiny_rounds(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The DPO tiny model, a short SFT warm-up, then 3 rounds of 256 prompts x 4 samples.
 
-  The SFT warm-up makes the sampled responses a mix of right and wrong sortings, so that
-  the verifier separates them (a random byte-level model would get every prompt wrong, and
-  no pair would carry a preference). Training then runs 32 steps of 16 pairs on the round's
-  data: about two epochs, as iterative recipes train one or two epochs per round.
+  The SFT warm-up is kept short so that π_0 is a weak sorter (about a third of its greedy
+  answers right): there is room for the rounds to improve it, and its sampled responses are
+  a mix of right and wrong sortings that the verifier separates. Each round trains
+  `total_steps` = 24 steps of 16 pairs on its rows (about 1.5 epochs; iterative recipes
+  train one or two epochs per round) from the previous round's policy.
   """
   dpo.tiny(config)
-  config.total_steps = 32
+  config.total_steps = 24
   config.batch_size = 16
-  config.eval_every = 16
-  config.checkpoint_every = 16
-  # After the warm-up about 2/3 of the sampled sortings are right (greedy: more).
-  config.online.update(num_prompts=256, num_samples=4, temperature=0.8, max_new_tokens=20,
-                       sft_steps=250, sft_learning_rate=1e-3, eval_prompts=32)
-  # The round trains at 1e-5. Measured with DNO (held-out greedy verifier reward after the
-  # round, from 0.875 after SFT): 0.25 at 5e-5, 0.66 at 1e-5. A DPO-style loss on a model
-  # this small lowers the chosen responses' likelihood too, and greedy answers suffer.
+  config.eval_every = 0
+  config.checkpoint_every = 8
+  config.log_every = 4
+  config.online.update(rounds=3, num_prompts=256, num_samples=4, temperature=1.0,
+                       max_new_tokens=20, sft_steps=150, sft_learning_rate=1e-3,
+                       eval_prompts=64, eval_temperature=0.0)
   config.optimizer.update(learning_rate=1e-5, warmup_steps=4)
   return config

@@ -3,7 +3,7 @@
 rewards and an implicit PRM's process rewards.
 
 Presets (`--config=configs/prime.py:PRESET`):
-  tiny  one online round on the built-in task (configs/online.py): 256 prompts x 4 samples,
+  tiny  3 rounds on the built-in task (configs/online.py): 256 prompts x 4 samples,
         prompts with accuracy in [0.2, 0.8] kept, clip 0.2. The implicit PRM starts as the
         SFT policy, so in this first round its process rewards are 0.
 """
@@ -11,7 +11,7 @@ Presets (`--config=configs/prime.py:PRESET`):
 from configs import base, online
 
 def tiny(config):
-  online.tiny_round(config)
+  online.tiny_rounds(config)
   config.loss.update(ppo_clip=0.2, prime_rloo_form="code")
   return config
 

@@ -54,7 +54,7 @@ import numpy as np
 
 from data.errors import DataError, locate
 from data.packing import pack_micro_batches
-from data.readers import PAIR_FIELDS, TOKEN_FIELDS, pair_numbers
+from data.readers import PAIR_FIELDS, TOKEN_FIELDS, pair_numbers, token_field_side
 from data.tokenizer import Tokenizer
 
 _CHUNK = 1024  # records tokenized per encode_batch call
@@ -314,7 +314,7 @@ def collate(pairs: Sequence[TokenizedPair], length: int, pad_id: int) -> dict:
       out[field] = np.asarray([_extra(p, field) for p in pairs], np.float32)
   for field in TOKEN_FIELDS:
     if any(field in p.extras for p in pairs):
-      side = field.split("_", 1)[0]
+      side = token_field_side(field)
       values = np.zeros((B, length), np.float32)
       for row, p in enumerate(pairs):
         start = len(p.prompt)
@@ -348,7 +348,7 @@ def left_pad(batch: Mapping[str, np.ndarray]) -> dict:
       raise ValueError(f"{side}_attention_mask is not right-padded")
     index = (positions - (T - lengths)[:, None]) % T
     names = [f"{side}_{key}" for key in ("ids", "attention_mask", "loss_mask")]
-    names += [f for f in TOKEN_FIELDS if f.startswith(side) and f in batch]
+    names += [f for f in TOKEN_FIELDS if token_field_side(f) == side and f in batch]
     for name in names:
       out[name] = np.take_along_axis(np.asarray(batch[name]), index, axis=1)
   return out

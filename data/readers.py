@@ -62,7 +62,15 @@ PAIR_FIELDS = ("chosen_label", "rejected_label", "preference_prob", "chosen_scor
                "rejected_score")
 # Per-completion-token extras, collated to [B, T] at the completion positions. They exist
 # only for pairs built in memory (an online round): a file cannot align them with tokens.
-TOKEN_FIELDS = ("chosen_token_rewards", "rejected_token_rewards", "chosen_advantages")
+TOKEN_FIELDS = ("chosen_token_rewards", "rejected_token_rewards", "chosen_advantages",
+                # an online round's frozen models (π_ref, π_t), computed once per round
+                "ref_chosen_logps", "ref_rejected_logps", "prev_chosen_logps",
+                "prev_rejected_logps")
+
+
+def token_field_side(field: str) -> str:
+  """"chosen" or "rejected": the side of a TOKEN_FIELDS name, whose mask it follows."""
+  return "rejected" if "rejected" in field else "chosen"
 # A requested split falls back to these names, in order.
 _SPLIT_ALIASES = {"test": ("test", "validation"), "validation": ("validation", "test")}
 

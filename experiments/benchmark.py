@@ -3,7 +3,7 @@ r"""Training-step throughput of a preset on random weights and synthetic pairs; 
     python -m experiments.benchmark --config=configs/dpo.py:bench_tiny --steps=10 --warmup=2
 
 The step is the production one (`training.step.make_train_step`, jitted with the train state
-donated), on parameters from `training.loop.init_params` and the optimizer of
+donated), on parameters from `training.experiment.init_params` and the optimizer of
 `training.optim`. Every batch is the same synthetic one: `batch_size` pairs of
 `data.max_prompt_len` prompt + `data.max_completion_len` completion tokens, no padding, loss
 masks on the completion tokens only (the TRL anchor's layout). The first `--warmup` steps
@@ -24,10 +24,31 @@ counted, the same formula as the TRL anchor so that MFU and tokens/s compare dir
 sequence lengths. `mfu = F / step_time_s / peak`, with `peak` the device's dense bf16 rate
 (table below; null where unknown, e.g. CPU). `--cpu_ynn_fusion_type` sets XLA:CPU's YNNPACK fusion list before
 JAX initialises (see docs/performance.md for why the default turns it off).
+
+`--mode=sample` times the KV-cache sampler instead (`models.sampling.sample`, what every online
+round runs), on the same random-weight model:
+
+    python -m experiments.benchmark --mode=sample --config=configs/dpo.py:bench_tiny \
+        --sampling=greedy --sample_batch=16 --prompt_len=64 --new_tokens=128
+
+`--sample_batch` prompts of `--prompt_len` random tokens (no padding; ids avoid 0..2), and
+`--new_tokens` completion tokens per row. eos is the id `vocab_size`, which the model cannot
+emit, so every row runs all `--new_tokens` steps (the HF anchor, experiments/
+hf_generate_bench.py, forces the same with `min_new_tokens`): both sides do equal work.
+`--sampling=greedy` is temperature 0; `top_p` is temperature 1.0, top_p 0.9. Each timed call
+runs to `jax.block_until_ready`; reported (medians over `--steps` calls after `--warmup`):
+
+  total_s     one `sample` call: prefill + every decode step
+  prefill_s   one `sample` call with max_new_tokens=1 (the prompt forward into the cache and
+              the first token's choice), compiled and timed separately
+  decode_s    total_s - prefill_s: the remaining new_tokens - 1 one-token steps
+  tokens_per_s  sample_batch * new_tokens / total_s (generated tokens only)
+  compile_s   the first call's time minus total_s (tracing + XLA compilation)
 """
 
 import json
 import os
+import platform
 import resource
 import statistics
 import time
@@ -39,11 +60,19 @@ from experiments.benchmark_work import work_per_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/dpo.py:bench_tiny",
                                           "Path to a config file[:preset].", lock_config=True)
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample"],
+                          "What to time: the train step, or the KV-cache sampler.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (the median is reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (compiled ahead of time).")
 _MEMORY_ONLY = flags.DEFINE_bool(
     "memory_only", False, "Compile the step from abstract shapes and print XLA's memory "
     "accounting instead of timing it (compiled_memory); needs no memory for the model.")
+_SAMPLE_BATCH = flags.DEFINE_integer("sample_batch", 16, "--mode=sample: prompts per call.")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 64, "--mode=sample: prompt tokens per row.")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 128, "--mode=sample: generated tokens per row.")
+_SAMPLING = flags.DEFINE_enum("sampling", "greedy", ["greedy", "top_p"],
+                              "--mode=sample: greedy (temperature 0) or top_p (0.9, "
+                              "temperature 1.0).")
 _YNN = flags.DEFINE_string(
     "cpu_ynn_fusion_type", "",
     "Value of --xla_cpu_experimental_ynn_fusion_type, which only XLA:CPU reads. '' (the "
@@ -146,13 +175,13 @@ def compiled_memory(config) -> dict:
   from flax import nnx
 
   import algorithms
-  from training import loop
+  from training import experiment
   from training.optim import learning_rate_schedule, make_optimizer
   from training.step import TrainState, make_train_step
 
   algorithm = algorithms.get_algorithm(config.loss.name)
   graphdef, abstract = nnx.split(
-      nnx.eval_shape(lambda: loop._new_model(config, algorithm.requirements.head, 0)),
+      nnx.eval_shape(lambda: experiment._new_model(config, algorithm.requirements.head, 0)),
       nnx.Param)
   params = nnx.to_pure_dict(abstract)
   optimizer = make_optimizer(config.optimizer, config.total_steps)
@@ -175,7 +204,7 @@ def compiled_memory(config) -> dict:
   train_step = make_train_step(graphdef, algorithm, config.loss, optimizer,
                                learning_rate_schedule(config.optimizer, config.total_steps),
                                grad_accum_steps=config.grad_accum_steps,
-                               logps=loop.logp_options(config))
+                               logps=experiment.logp_options(config))
   start = time.perf_counter()
   compiled = jax.jit(train_step, donate_argnums=(0,)).lower(state, ref_params, batch).compile()
   compile_s = time.perf_counter() - start
@@ -207,32 +236,32 @@ def build_step(config):
   import jax.numpy as jnp
 
   import algorithms
-  from training import loop
+  from training import experiment
   from training.mesh import make_mesh, put_batch, replicated
   from training.optim import learning_rate_schedule, make_optimizer
   from training.step import TrainState, make_train_step, pair_logps
 
   mesh = make_mesh(config.mesh)
   algorithm = algorithms.get_algorithm(config.loss.name)
-  graphdef, params = loop.init_params(config, mesh)
+  graphdef, params = experiment.init_params(config, mesh)
   schedule = learning_rate_schedule(config.optimizer, config.total_steps)
   optimizer = make_optimizer(config.optimizer, config.total_steps)
-  # The optimizer state sharded like the parameters, as training.loop.build lays it out.
+  # The optimizer state sharded like the parameters, as training.experiment.build lays it out.
   param_sharding = jax.tree.map(lambda x: x.sharding, params)
-  opt_sharding = loop._like_params(jax.eval_shape(optimizer.init, params), param_sharding, mesh)
+  opt_sharding = experiment._like_params(jax.eval_shape(optimizer.init, params), param_sharding, mesh)
   opt_state = jax.jit(optimizer.init, out_shardings=opt_sharding)(params)
   scalar = replicated(mesh)
   state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), scalar), params=params,
                      opt_state=opt_state,
                      skipped_steps=jax.device_put(jnp.zeros((), jnp.int32), scalar))
 
-  mcfg = loop.model_config(config)
+  mcfg = experiment.model_config(config)
   d = config.data
   batch = synthetic_batch(config.batch_size, d.max_prompt_len, d.max_completion_len,
                           mcfg.vocab_size, config.seed)
   batch = put_batch(batch, mesh)
   # How log-probs are computed: the run's own options (training/step.py: LogpOptions).
-  logps = loop.logp_options(config)
+  logps = experiment.logp_options(config)
   ref_params = None
   if algorithm.requirements.reference:
     # A copy, not an alias: the step donates the policy params.
@@ -326,6 +355,110 @@ def run(config, steps: int, warmup: int) -> dict:
   }
 
 
+# --mode=sample: (temperature, top_p) of each --sampling choice; the HF anchor uses the same.
+SAMPLING = {"greedy": (0.0, 1.0), "top_p": (1.0, 0.9)}
+
+
+def synthetic_prompts(batch: int, prompt_len: int, vocab_size: int, seed: int):
+  """(ids, mask) [batch, prompt_len] int32: random ids in [3, V), every token real."""
+  import numpy as np
+
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(3, vocab_size, (batch, prompt_len), dtype=np.int32)
+  return ids, np.ones_like(ids)
+
+
+def sample_model(config):
+  """The random-weight `models.Transformer` of the train benchmark (`experiment.init_params`)."""
+  from flax import nnx
+
+  from training import experiment
+  from training.mesh import make_mesh
+
+  graphdef, params = experiment.init_params(config, make_mesh(config.mesh))
+  return nnx.merge(graphdef, params)
+
+
+def time_calls(fn, steps: int, warmup: int) -> tuple[float, list[float]]:
+  """(first call seconds, the timed calls' seconds): fn() runs warmup + steps times."""
+  import jax
+
+  times = []
+  for _ in range(warmup + steps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return times[0], times[warmup:]
+
+
+def run_sample(config, *, batch: int, prompt_len: int, new_tokens: int, sampling: str,
+               steps: int, warmup: int) -> dict:
+  """Times `models.sampling.sample` on `config`'s model (module doc, --mode=sample)."""
+  import jax
+  import numpy as np
+
+  from models import sampling as sampler
+
+  model = sample_model(config)
+  vocab = model.config.vocab_size
+  ids, mask = synthetic_prompts(batch, prompt_len, vocab, config.seed)
+  temperature, top_p = SAMPLING[sampling]
+  key = jax.random.key(config.seed)
+
+  def call(max_new_tokens):
+    # eos = vocab_size: an id the model cannot emit, so no row stops early.
+    return lambda: sampler.sample(model, ids, mask, key=key, max_new_tokens=max_new_tokens,
+                                  temperature=temperature, top_p=top_p, eos_id=vocab,
+                                  pad_id=0)
+
+  first_s, totals = time_calls(call(new_tokens), steps, max(warmup, 1))
+  _, prefills = time_calls(call(1), steps, max(warmup, 1))
+  total_s, prefill_s = statistics.median(totals), statistics.median(prefills)
+  tokens, completion_mask, _ = call(new_tokens)()
+  generated = int(completion_mask.sum())
+  assert generated == batch * new_tokens, (generated, batch * new_tokens)  # equal work
+  device = jax.devices()[0]
+  return sample_result(
+      config=config.name, impl="ours", sampling=sampling, batch=batch,
+      prompt_len=prompt_len, new_tokens=new_tokens, total_s=total_s, prefill_s=prefill_s,
+      compile_s=first_s - total_s, first_call_s=first_s, total_times_s=totals,
+      device_kind=device.device_kind, platform=device.platform,
+      versions={"jax": jax.__version__}, steps=steps, warmup=max(warmup, 1),
+      first_tokens=np.asarray(tokens)[0, :8].tolist())
+
+
+def sample_result(*, batch, new_tokens, total_s, prefill_s, total_times_s, **rest) -> dict:
+  """The JSON line of a sampling benchmark (ours and the HF anchor print the same keys)."""
+  generated = batch * new_tokens
+  return {
+      "tokens_per_s": generated / total_s,
+      "total_s": total_s,
+      "prefill_s": prefill_s,
+      "decode_s": total_s - prefill_s,
+      "decode_tokens_per_s": batch * (new_tokens - 1) / max(total_s - prefill_s, 1e-9),
+      "generated_tokens": generated,
+      "batch": batch,
+      "new_tokens": new_tokens,
+      "total_times_s": [round(t, 4) for t in total_times_s],
+      "cpu": cpu_name(),
+      **rest,
+  }
+
+
+def cpu_name() -> str:
+  """The CPU's model name (/proc/cpuinfo) and core count, e.g. 'AMD EPYC (2 cores)'."""
+  name = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          name = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  return f"{name} ({os.cpu_count()} cores)"
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -338,6 +471,12 @@ def main(argv):
     config_check.validate(_CONFIG.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+  if _MODE.value == "sample":
+    print(json.dumps(run_sample(
+        _CONFIG.value, batch=_SAMPLE_BATCH.value, prompt_len=_PROMPT_LEN.value,
+        new_tokens=_NEW_TOKENS.value, sampling=_SAMPLING.value, steps=_STEPS.value,
+        warmup=_WARMUP.value)), flush=True)
+    return
   if _MEMORY_ONLY.value:
     print(json.dumps(compiled_memory(_CONFIG.value)), flush=True)
     return

@@ -19,9 +19,9 @@ Without an in-step reference: 6·N, 6·D·V, 12·L·A·S.
 def work_per_step(config, seq_len: int) -> float:
   """W(S) of the module doc, in FLOPs, for `config`'s model, batch and reference mode."""
   import models
-  from training import loop
+  from training import experiment
 
-  m = loop.model_config(config)
+  m = experiment.model_config(config)
   tokens = 2 * config.batch_size * seq_len
   n = models.num_non_embedding_params(m)
   dense, attention = (8, 16) if config.reference.mode == "in_step" else (6, 12)

@@ -592,7 +592,7 @@ def render() -> str:
         ("### Pipeline options (`config.data.on_identical_pair`, `config.data.on_long_prompt`)",
          PIPELINE_CASES, False,
          "Local files through `load_preference_source` and `PreferenceBatcher`. Handled "
-         "inputs show the line `training.loop.build` logs once per split."),
+         "inputs show the line `training.experiment.build` logs once per split."),
         ("### Config values (`training.config_check`)", CONFIG_CASES, False,
          "`configs/dpo.py:tiny` with the override, validated for one device and process "
          "unless the row says otherwise."),

@@ -109,23 +109,46 @@ def parse_flags(argv):
     _fail(_unknown_override(argv) or f"a --config.* override cannot be applied: {e!r}")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def fail(message, exit_code: int = 2):
+  """`_fail` for the other entry points that share these flags (iterate, evaluate)."""
+  _fail(message, exit_code)
+
+
+def workdir() -> str:
+  return _WORKDIR.value
+
+
+def maybe_initialize_distributed():
+  """`jax.distributed.initialize()` with the flags' coordinator, when --distributed."""
   if _DISTRIBUTED.value:
     import jax
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
-  from data.errors import DataError  # after flag parsing: keeps --help fast
-  from training import config_check, loop
 
-  try:  # bad values are refused here, before any data is read or any compute starts
+
+def checked_config() -> ConfigDict:
+  """The --config, refused in one line (exit 2) when `training.config_check` rejects it:
+  bad values never reach data loading or compute."""
+  from training import config_check
+
+  try:
     config_check.validate(_CONFIG.value)
   except ValueError as e:  # ConfigError, or the algorithm's own ValueError
     _fail(e)
+  return _CONFIG.value
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  maybe_initialize_distributed()
+  from data.errors import DataError  # after flag parsing: keeps --help fast
+  from training import config_check, loop
+
+  config = checked_config()
   try:
-    summary = loop.train(_CONFIG.value, _WORKDIR.value)
+    summary = loop.train(config, _WORKDIR.value)
   except (DataError, config_check.ConfigError) as e:  # a bad record found while building
     _fail(e)
   except loop.NonFiniteError as e:  # config.nonfinite="halt": the message is the report
@@ -133,8 +156,7 @@ def main(argv):
   first = summary.get("first_eval", {})
   final = summary.get("final_eval", {})
   for label, metrics in (("step 0", first), (f"step {summary['final_step']}", final)):
-    shown = [k for k in ("loss", "rewards/accuracies", "rewards/margins", "verifier_reward")
-             if f"eval/{k}" in metrics]
+    shown = [k for k in ("loss", "rewards/accuracies", "rewards/margins") if f"eval/{k}" in metrics]
     if shown:
       print(f"eval at {label}: " + " ".join(f"{k}={metrics[f'eval/{k}']:.4f}" for k in shown))
   logging.info("summary: %s", json.dumps({k: v for k, v in summary.items() if k != "state"},

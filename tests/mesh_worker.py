@@ -15,7 +15,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tests.conftest import micro_config  # noqa: E402
-from training import loop  # noqa: E402
+from training import experiment
 from training.mesh import put_batch  # noqa: E402
 
 
@@ -23,8 +23,8 @@ def main(out, data, fsdp, tensor, accum="1", tfds_dir="", share_prompt="0"):
   config = micro_config(**{"mesh.data": int(data), "mesh.fsdp": int(fsdp),
                            "mesh.tensor": int(tensor), "grad_accum_steps": int(accum),
                            "data.data_dir": tfds_dir, "model.share_prompt": share_prompt == "1"})
-  exp = loop.build(config, os.path.dirname(out))
-  step = jax.jit(loop.make_train_step_for(exp), donate_argnums=(0,))
+  exp = experiment.build(config, os.path.dirname(out))
+  step = jax.jit(experiment.make_train_step_for(exp), donate_argnums=(0,))
   state, losses = exp.state, []
   for s in range(3):
     state, metrics = step(state, exp.ref_params, put_batch(exp.train_batches.batch(s), exp.mesh))

@@ -84,10 +84,10 @@ def test_length_scaling_work_formula():
   """W(S) = T·(8N + 8DV + 16·L·A·S): the attention term is what makes W superlinear in S."""
   from experiments import benchmark_work
   from models import num_non_embedding_params
-  from training import loop
+  from training import experiment
 
   config = _small_config()
-  m = loop.model_config(config)
+  m = experiment.model_config(config)
   n = num_non_embedding_params(m)
   for s in (10, 40):
     expected = 2 * 2 * s * (8 * (n + 32 * 64) + 16 * 1 * 2 * 16 * s)

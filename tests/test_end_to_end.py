@@ -12,6 +12,7 @@ from flax import nnx
 import models
 from tests.conftest import micro_config
 from training import loop
+from training import experiment
 
 WORDS = ["red", "green", "blue", "cat", "dog", "runs", "sleeps", "fast", "slow", "the"]
 
@@ -59,7 +60,7 @@ def test_train_from_hf_checkpoint_on_local_jsonl(tmp_path):
   assert abs(summary["first_eval"]["eval/loss"] - math.log(2)) < 1e-5
   assert summary["final_eval"]["eval/loss"] < math.log(2)
   # The policy started from the checkpoint's weights, not a random init.
-  exp = loop.build(config, str(tmp_path / "fresh"))
+  exp = experiment.build(config, str(tmp_path / "fresh"))
   start = nnx.to_pure_dict(nnx.state(models.from_hf(hf_dir), nnx.Param))
   np.testing.assert_array_equal(np.asarray(exp.state.params["embedding"]),
                                 np.asarray(start["embedding"]))

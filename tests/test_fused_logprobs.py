@@ -94,17 +94,17 @@ def test_train_and_eval_step_fast_logps_equal_full_head(tmp_path, tfds_dir, over
   """loop's step with the completion head or the shared prompt == the plain full head:
   loss, metrics, params, and the eval step."""
   from tests.conftest import micro_config
-  from training import loop
+  from training import experiment
   from training.mesh import put_batch
   from training.step import LogpOptions, make_eval_step, make_train_step
 
   # Completions here are 7..13 tokens: a 14-token window (of 31 positions) moves per row.
   config = micro_config(**{"data.data_dir": tfds_dir, "data.max_completion_len": 14},
                         **_FAST[fast], **overrides)
-  exp = loop.build(config, str(tmp_path))
+  exp = experiment.build(config, str(tmp_path))
   full = make_train_step(exp.graphdef, exp.algorithm, config.loss, exp.optimizer,
                          exp.schedule, grad_accum_steps=config.grad_accum_steps)
-  state_c, hist_c = _steps(loop.make_train_step_for(exp), exp, 2)
+  state_c, hist_c = _steps(experiment.make_train_step_for(exp), exp, 2)
   state_a, hist_a = _steps(full, exp, 2)
   assert exp.train_batches.batch(0)["chosen_ids"].shape[1] - 1 > 14  # a real window
   for hc, ha in zip(hist_c, hist_a):
@@ -119,7 +119,7 @@ def test_train_and_eval_step_fast_logps_equal_full_head(tmp_path, tfds_dir, over
   # The eval step, over every eval batch (filler rows of weight 0 included when the split
   # does not fill the last batch).
   evals = [jax.jit(make_eval_step(exp.graphdef, exp.algorithm, config.loss, logps=logps))
-           for logps in (loop.logp_options(config), LogpOptions())]
+           for logps in (experiment.logp_options(config), LogpOptions())]
   weights = []
   for batch in exp.eval_batches:
     batch = put_batch(batch, exp.mesh)
@@ -138,10 +138,11 @@ def test_reference_cache_with_fast_logps(tmp_path, tfds_dir, fast):
   """loop._reference_cache's precomputed log-probs equal the full head at mask positions."""
   from tests.conftest import micro_config
   from training import loop
+  from training import experiment
   from training.mesh import put_batch
   from training.step import pair_logps
 
-  exp = loop.build(micro_config(**{"data.data_dir": tfds_dir, "data.max_completion_len": 14,
+  exp = experiment.build(micro_config(**{"data.data_dir": tfds_dir, "data.max_completion_len": 14,
                                    "reference.mode": "precomputed"}, **_FAST[fast]),
                    str(tmp_path))
   train_cache, _ = loop._reference_cache(exp, str(tmp_path))

@@ -2,7 +2,7 @@
 
 The cases themselves live in ``experiments/reliability_table.py`` (which writes them, with
 the messages they produce, to docs/reliability.md); here each one is run and checked, the
-doc is checked to list them all, and the real command line and ``loop.build`` are checked
+doc is checked to list them all, and the real command line and ``experiment.build`` are checked
 to refuse before any compute starts.
 """
 
@@ -22,7 +22,8 @@ from data.errors import DataError
 from data.tokenizer import ByteTokenizer
 from experiments import reliability_table as table
 from tests.conftest import ROOT, micro_config
-from training import config_check, loop
+from training import config_check
+from training import experiment
 
 _FILE_GROUPS = ("JSON Lines", "JSON", "Parquet", "Conversational", "Paths", "Pipeline")
 
@@ -105,10 +106,10 @@ def _build_until_compute(tmp_path, monkeypatch, extra_train, **overrides):
   def no_compute(*args, **kwargs):
     raise _ComputeStarted
 
-  monkeypatch.setattr(loop, "init_params", no_compute)
+  monkeypatch.setattr(experiment, "init_params", no_compute)
   config = micro_config(**{"data.path": _local_data(tmp_path, extra_train),
                            "data.data_dir": str(tmp_path / "tfds"), **overrides})
-  loop.build(config, str(tmp_path / "run"))
+  experiment.build(config, str(tmp_path / "run"))
 
 
 def test_identical_pair_error_stops_build_before_compute(tmp_path, monkeypatch):

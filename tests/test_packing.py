@@ -77,19 +77,19 @@ def test_packed_step_equals_the_unpacked_step(tmp_path, tfds_dir, loss, grad_acc
   the global batch is their slices in process order, as `put_batch` assembles it."""
   from data import pipeline
   from tests.conftest import micro_config
-  from training import loop
+  from training import experiment
   from training.mesh import put_batch
 
   # Sequences of 19-31 tokens in one 64-token bucket: two fit in a row.
   config = micro_config(**{"data.data_dir": tfds_dir, "data.pack_rows": 12, "loss.name": loss,
                            "data.buckets": (64,), "grad_accum_steps": grad_accum})
-  exp = loop.build(config, str(tmp_path))
-  limits = dict(loop._length_limits(config), process_count=processes)
+  exp = experiment.build(config, str(tmp_path))
+  limits = dict(experiment._length_limits(config), process_count=processes)
   hosts = [pipeline.PreferenceBatcher(
       exp.train_batches.pairs, None, batch_size=config.batch_size, seed=config.seed,
       pack_rows=12, grad_accum_steps=grad_accum, **dict(limits, process_index=p))
       for p in range(processes)]
-  step = jax.jit(loop.make_train_step_for(exp))
+  step = jax.jit(experiment.make_train_step_for(exp))
   results = []
   for packed in (True, False):
     state, losses = exp.state, []

@@ -426,12 +426,13 @@ def test_config_builds_the_gate_form_and_refuses_bad_head_options():
   """config.preference_model.gate_form reaches the model; a bad gate form, and GPM options
   on a Bradley-Terry run, are refused by the config check before anything is built."""
   from configs import bt_reward as bt_config, gpm as gpm_config
-  from training import config_check, loop
+  from training import config_check
+  from training import experiment
 
   config = gpm_config.get_config("tiny")
   config.preference_model.update(prompt_head=True, gate_form="scaled_softmax")
   config_check.validate(config, num_devices=1, process_count=1)
-  model = loop._with_head(config, "gpm", Transformer(TINY, rngs=nnx.Rngs(0)))
+  model = experiment._with_head(config, "gpm", Transformer(TINY, rngs=nnx.Rngs(0)))
   assert model.gate_form == "scaled_softmax" and model.prompt_head is not None
   config.preference_model.gate_form = "k"
   with pytest.raises(config_check.ConfigError, match="preference_model.gate_form"):

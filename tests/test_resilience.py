@@ -25,6 +25,7 @@ from algorithms.simpo import chosen_nll
 from data import pipeline
 from tests.conftest import ROOT, micro_config
 from training import loop
+from training import experiment
 from training.checkpoint import (Checkpointer, CheckpointMismatchError, checksums,
                                  data_position_fn)
 from training.mesh import put_batch
@@ -62,7 +63,7 @@ def cli(tmp_path_factory, tfds_dir):
   """`start(workdir) -> Popen` of `experiments.train` on the micro config, output in
   WORKDIR.log."""
   # Prepare the TFDS cache once here: concurrent processes must not both build it.
-  loop.load_sources(micro_config(**{"data.data_dir": tfds_dir}), str(tmp_path_factory.mktemp("w")))
+  experiment.load_sources(micro_config(**{"data.data_dir": tfds_dir}), str(tmp_path_factory.mktemp("w")))
   env = dict(os.environ, JAX_PLATFORMS="cpu")  # with conftest.py's compilation cache
   env.pop("XLA_FLAGS", None)
 
@@ -296,7 +297,7 @@ SMALL = {"model.num_layers": 1, "loss.name": "simpo"}
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory, tfds_dir):
   """One built micro experiment (SMALL), shared by the tests below."""
-  return loop.build(micro_config(**{"data.data_dir": tfds_dir}, **SMALL),
+  return experiment.build(micro_config(**{"data.data_dir": tfds_dir}, **SMALL),
                     str(tmp_path_factory.mktemp("micro")))
 
 
@@ -312,7 +313,7 @@ def test_data_position_is_saved_and_a_changed_seed_is_refused(micro, tmp_path):
   assert saved["next_batch_example_ids"] == exp.train_batches.batch(3)["example_id"].tolist()
 
   other = micro_config(**{"data.data_dir": exp.config.data.data_dir, "seed": 1})
-  reseeded = loop.make_batcher(other, exp.tokenizer, exp.train_source)
+  reseeded = experiment.make_batcher(other, exp.tokenizer, exp.train_source)
   with Checkpointer(directory, data_position=data_position_fn(reseeded)) as ckpt, \
       pytest.raises(CheckpointMismatchError, match="seed=0 but this run has seed=1"):
     ckpt.restore(_small_state())
@@ -369,7 +370,7 @@ def test_metrics_of_a_run_killed_before_its_first_checkpoint_are_replaced(tmp_pa
 
 def test_halt_reports_step_examples_and_metric_and_leaves_params_untouched(
     tmp_path, tfds_dir, monkeypatch):
-  build, built = loop.build, []
+  build, built = experiment.build, []
 
   def build_with_a_bad_batch(config, workdir):
     exp = build(config, workdir)

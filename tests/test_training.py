@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import ROOT, micro_config
 from training import config_check, loop
+from training import experiment
 from training.mesh import put_batch
 from training.metrics import read_metrics
 
@@ -22,7 +23,7 @@ def _leaves(tree):
 
 
 def _run_steps(exp, num_steps, ref_params="same", batches=None):
-  step = jax.jit(loop.make_train_step_for(exp))
+  step = jax.jit(experiment.make_train_step_for(exp))
   state, history = exp.state, []
   ref_params = exp.ref_params if ref_params == "same" else ref_params
   for s in range(num_steps):
@@ -33,7 +34,7 @@ def _run_steps(exp, num_steps, ref_params="same", batches=None):
 
 
 def test_first_step_loss_is_log2_and_metrics_have_trl_names(tmp_path, tfds_dir):
-  exp = loop.build(micro_config(**{"data.data_dir": tfds_dir}), str(tmp_path))
+  exp = experiment.build(micro_config(**{"data.data_dir": tfds_dir}), str(tmp_path))
   _, (metrics,) = _run_steps(exp, 1)
   assert metrics["loss"] == pytest.approx(math.log(2), abs=1e-6)
   for name in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
@@ -51,8 +52,8 @@ def test_first_step_loss_is_log2_and_metrics_have_trl_names(tmp_path, tfds_dir):
                          ids=["dpo", "simpo_sft_term", "sft"])
 def test_gradient_accumulation_equals_the_large_batch(tmp_path, tfds_dir, loss):
   """Pair means (dpo) and token means (SimPO's sft term, sft) alike."""
-  one = loop.build(micro_config(**{"data.data_dir": tfds_dir}, **loss), str(tmp_path / "a"))
-  four = loop.build(micro_config(**{"data.data_dir": tfds_dir, "grad_accum_steps": 4}, **loss),
+  one = experiment.build(micro_config(**{"data.data_dir": tfds_dir}, **loss), str(tmp_path / "a"))
+  four = experiment.build(micro_config(**{"data.data_dir": tfds_dir, "grad_accum_steps": 4}, **loss),
                     str(tmp_path / "b"))
   state_one, hist_one = _run_steps(one, 2)
   state_four, hist_four = _run_steps(four, 2)
@@ -67,14 +68,14 @@ def test_gradient_accumulation_equals_the_large_batch(tmp_path, tfds_dir, loss):
 
 def test_precomputed_reference_equals_in_step(tmp_path, tfds_dir):
   config = micro_config(**{"data.data_dir": tfds_dir})
-  exp = loop.build(config, str(tmp_path))
+  exp = experiment.build(config, str(tmp_path))
   train_cache, _ = loop._reference_cache(exp, str(tmp_path))
   batches = [exp.train_batches.batch(s) for s in range(2)]
   with_ref = [train_cache.attach(b) for b in batches]
   for b in with_ref:
     assert b["ref_chosen_logps"].shape == b["chosen_ids"].shape
   state_a, hist_a = _run_steps(exp, 2, batches=batches)
-  exp_b = loop.build(config, str(tmp_path / "b"))
+  exp_b = experiment.build(config, str(tmp_path / "b"))
   state_b, hist_b = _run_steps(exp_b, 2, ref_params=None, batches=with_ref)
   for ha, hb in zip(hist_a, hist_b):
     assert hb["loss"] == pytest.approx(ha["loss"], abs=1e-6)
@@ -100,14 +101,14 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, tfds_dir):
 
 
 def test_nonfinite_step_is_skipped(tmp_path, tfds_dir):
-  exp = loop.build(micro_config(**{"data.data_dir": tfds_dir}), str(tmp_path))
+  exp = experiment.build(micro_config(**{"data.data_dir": tfds_dir}), str(tmp_path))
   batch = exp.train_batches.batch(0)
   nan = np.full(batch["chosen_ids"].shape, np.nan, np.float32)
   bad = dict(batch, ref_chosen_logps=nan, ref_rejected_logps=nan)
   state, (metrics,) = _run_steps(exp, 1, ref_params=None, batches=[bad])
   assert not np.isfinite(metrics["loss"])
   assert metrics["nonfinite"] == 1.0 and int(state.skipped_steps) == 1
-  before = _leaves(loop.build(micro_config(**{"data.data_dir": tfds_dir}),
+  before = _leaves(experiment.build(micro_config(**{"data.data_dir": tfds_dir}),
                               str(tmp_path / "fresh")).state.params)
   for a, b in zip(before, _leaves(state.params)):
     np.testing.assert_array_equal(a, b)

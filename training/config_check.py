@@ -166,29 +166,41 @@ def _check_algorithm_needs(config, needs, process_count: int):
              f"config.preference_model.normalize={pm.normalize!r} and prompt_head="
              f"{pm.prompt_head!r}: both are GPM options; set them to False for loss "
              f"'bt_reward'")
-  if not needs.online:
+  if needs.online is None:
     return
   o = config.online
   _require(process_count == 1, "online algorithms run on one process for now (the round "
            "samples on process 0's devices); use a single-host mesh")
   _require(config.reference.mode == "in_step", "config.reference.mode='precomputed' does "
-           "not apply to online algorithms: their data is sampled at the start of the run")
-  _one_of(o.scorer, ("verifier", "gpm"), "online.scorer")
+           "not apply to online algorithms: each round stores its frozen models' log-probs "
+           "with its rows")
   _require(not config.data.path, f"config.data.path={config.data.path!r}: online rounds run "
            "on the built-in task for now (its verifier scores or evaluates every round)")
-  if o.scorer == "gpm":
-    _require(config.loss.name != "prime", "config.online.scorer='gpm': PRIME's outcome reward "
-             "is the verifier's correctness; use scorer 'verifier'")
-    for item in ("config.json", "checkpoints"):
-      _require(os.path.exists(os.path.join(o.scorer_path, item)),
-               f"config.online.scorer_path={o.scorer_path!r}: no {item} there (expected the "
-               "workdir of a finished `gpm` run)")
-  for field in ("num_prompts", "max_new_tokens", "eval_prompts"):
-    _require(o[field] >= 1, f"config.online.{field} must be >= 1, got {o[field]}")
+  from training import oracles  # local: oracles load models, config_check must stay light
+  oracles.check_oracle_config(o)
+  if needs.online.rows == "groups":
+    _require(o.scorer == "verifier", f"config.online.scorer={o.scorer!r}: PRIME's outcome "
+             "reward is the verifier's correctness; use scorer 'verifier'")
+  for field in ("rounds", "rollouts_per_round", "num_prompts", "max_new_tokens",
+                "eval_prompts"):
+    _require(isinstance(o[field], int) and o[field] >= 1,
+             f"config.online.{field} must be an integer >= 1, got {o[field]!r}")
   _require(o.num_samples >= 2, f"config.online.num_samples must be >= 2 (pairs and "
            f"leave-one-out baselines need two responses), got {o.num_samples}")
   _require(o.temperature >= 0, f"config.online.temperature must be >= 0, got {o.temperature}")
+  _require(o.eval_temperature >= 0,
+           f"config.online.eval_temperature must be >= 0, got {o.eval_temperature}")
   _require(o.sft_steps >= 0, f"config.online.sft_steps must be >= 0, got {o.sft_steps}")
+  _require(math.isfinite(o.min_margin) and 0 <= o.min_margin < 1,
+           f"config.online.min_margin must be in [0, 1) (a win-rate margin), got "
+           f"{o.min_margin}")
+  if needs.online.rows != "best_worst":
+    for flag in ("teacher", "soft_labels", "min_margin"):
+      _require(not o[flag], f"config.online.{flag}={o[flag]!r} applies to best/worst pairs "
+               f"(online_dpo, dno, inpo), not to loss {config.loss.name!r}")
+  if o.soft_labels:
+    _require(config.loss.name == "dno", "config.online.soft_labels=True is DNO's soft form "
+             f"(Alg. 1); loss {config.loss.name!r} reads no soft labels")
   low, high = o.accuracy_range
   _require(0 <= low <= high <= 1,
            f"config.online.accuracy_range must be 0 <= low <= high <= 1, got {o.accuracy_range}")

@@ -196,11 +196,11 @@ def loss_inputs(graphdef, params, ref_params, batch, algorithm: Algorithm,
                 logps: LogpOptions = LogpOptions()) -> LossInputs:
   """Runs exactly the forward passes `algorithm` asks for and packs their results.
 
-  The frozen model `ref_params` serves both the reference and the previous iterate π_t: in
-  one online round both are the policy the run started from (the multi-round loop that moves
-  π_t is experiments/iterate.py's job). Precomputed reference log-probs in the batch replace
-  its forward pass. `logps` says how `pair_logps` computes log-probs, for the policy and the
-  reference alike.
+  Frozen log-probs come from the batch when it carries them (`ref_*_logps`: a precomputed
+  reference; `ref_*` and `prev_*_logps`: an online round, which stores π_ref's and π_t's
+  log-probs with its rows, training/rounds.py); otherwise from a forward pass of the frozen
+  `ref_params`, which then serves every frozen slot the algorithm asks for. `logps` says how
+  `pair_logps` computes log-probs, for the policy and the frozen model alike.
   """
   needs = algorithm.requirements
   extras = {field: batch[key] for key, field in _EXTRA_FIELDS.items() if key in batch}
@@ -218,15 +218,11 @@ def loss_inputs(graphdef, params, ref_params, batch, algorithm: Algorithm,
                       chosen_values=chosen, rejected_values=rejected, preference_gates=gates,
                       **masks)
   policy_chosen, policy_rejected = pair_logps(graphdef, params, batch, logps)
-  frozen = (None, None)
-  if needs.reference or needs.previous_policy:
-    if "ref_chosen_logps" in batch:
-      frozen = batch["ref_chosen_logps"], batch.get("ref_rejected_logps")
-    else:
-      frozen = jax.lax.stop_gradient(
-          pair_logps(graphdef, ref_params, batch, logps))
-  ref = frozen if needs.reference else (None, None)
-  prev = frozen if needs.previous_policy else (None, None)
+  ref = prev = (None, None)
+  if needs.reference:
+    ref = _frozen_logps(graphdef, ref_params, batch, "ref", logps)
+  if needs.previous_policy:
+    prev = _frozen_logps(graphdef, ref_params, batch, "prev", logps)
   return LossInputs(
       policy_chosen_logps=policy_chosen,
       policy_rejected_logps=policy_rejected,
@@ -236,6 +232,16 @@ def loss_inputs(graphdef, params, ref_params, batch, algorithm: Algorithm,
       prev_rejected_logps=prev[1],
       **masks,
   )
+
+
+def _frozen_logps(graphdef, params, batch, prefix: str, logps: LogpOptions):
+  """[B, T] chosen and rejected log-probs of a frozen model: the batch's `{prefix}_*_logps`
+  if given, else a forward of `params` without gradient."""
+  if f"{prefix}_chosen_logps" in batch:
+    return batch[f"{prefix}_chosen_logps"], batch.get(f"{prefix}_rejected_logps")
+  if params is None:
+    raise ValueError(f"the batch has no {prefix}_chosen_logps and no frozen params were given")
+  return jax.lax.stop_gradient(pair_logps(graphdef, params, batch, logps))
 
 
 def _tree_where(pred, on_true, on_false):

@@ -1,0 +1,23 @@
+"""Online DPO: DPO on best / worst pairs of the policy's own samples, against the FIXED
+starting policy π_0 (Guo et al. 2024, "Direct Language Model Alignment from Online AI
+Feedback", arXiv 2402.04792): the baseline every online table compares against. DNO is the
+same round with the anchor moved to π_t.
+
+Presets (`--config=configs/online_dpo.py:PRESET`, run with `python -m experiments.iterate`):
+  tiny  3 rounds on the built-in task (configs/online.py), β = 0.1 as DNO's η.
+"""
+
+from configs import base, online
+
+
+def tiny(config):
+  online.tiny_rounds(config)
+  config.loss.beta = 0.1
+  return config
+
+
+PRESETS = {"tiny": tiny}
+
+
+def get_config(preset: str = "tiny"):
+  return base.algorithm_config("online_dpo", preset, PRESETS)
