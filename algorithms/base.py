@@ -257,3 +257,34 @@ def preference_metrics(inputs: LossInputs, chosen_rewards: Array, rejected_rewar
       "logps/chosen": mean(sg(chosen_logps)),
       "logps/rejected": mean(sg(rejected_logps)),
   }
+
+
+def chosen_nll(inputs: LossInputs) -> Array:
+  """Token-weighted cross-entropy of the chosen completions over the batch.
+
+  −Σ_b w_b Σ_t m_bt logπ_bt / Σ_b w_b n_b, i.e. HF `CrossEntropyLoss` over every chosen
+  completion token of the batch (what the SimPO trainer's `sft_weight` term uses), with pair
+  weights w. Under gradient accumulation the denominator is the whole batch's share
+  (`chosen_token_count`), so micro-batch gradients average to the whole batch's.
+  """
+  mask = inputs.chosen_mask
+  logps = jnp.where(mask > 0, inputs.policy_chosen_logps.astype(jnp.float32), 0.0)
+  nll = -jnp.sum(logps, axis=-1)  # [B]
+  if inputs.pair_weights is not None:
+    nll = nll * inputs.pair_weights.astype(jnp.float32)
+  # No completion token at all: the sum is 0 too, so the term is 0 rather than NaN.
+  return jnp.sum(nll) / chosen_token_count(inputs)
+
+
+def add_chosen_nll(loss: Array, metrics: Metrics, inputs: LossInputs, weight: float):
+  """loss + weight · `chosen_nll` (metric `sft_loss`) when weight > 0, else loss unchanged.
+
+  The NLL term of RPO / iterative reasoning preference optimisation (Pang et al. 2024,
+  "Iterative Reasoning Preference Optimization", arXiv 2404.19733, Eq. 1; TRL's `rpo_alpha`):
+  on verifiable tasks a pairwise loss alone lowers the likelihood of the chosen (correct)
+  answers along with the rejected ones, and the term keeps it up.
+  """
+  if not weight:
+    return loss, metrics
+  sft = chosen_nll(inputs)
+  return loss + weight * sft, dict(metrics, sft_loss=jax.lax.stop_gradient(sft))

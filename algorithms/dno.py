@@ -41,8 +41,9 @@ against π_t, π_1 ← π_ref); sequence log-probs as whole-response log π(y|x)
 Not verified: the hyper-parameters of §5 (η, K, margin threshold, learning rate), which
 algorithms.md §3.2 lists as [unverified].
 
-Config keys read (all in `config.loss`): `beta` (= η). `label_smoothing` and `sft_weight`
-must be 0.
+Config keys read (all in `config.loss`): `beta` (= η); `sft_weight` ≥ 0 adds the NLL of the
+chosen responses (`algorithms.base.add_chosen_nll`, Pang et al. 2024; not part of DNO, off by
+default). `label_smoothing` must be 0.
 """
 
 from __future__ import annotations
@@ -52,9 +53,10 @@ from typing import Mapping, Optional
 import jax
 import jax.numpy as jnp
 
-from algorithms.base import (Array, LossInputs, Metrics, OnlineRound, Requirements, batch_mean,
-                             preference_metrics, register, sequence_logps)
-from algorithms.dpo import (check_number, check_unused_zero, masked_float32,
+from algorithms.base import (Array, LossInputs, Metrics, OnlineRound, Requirements,
+                             add_chosen_nll, batch_mean, preference_metrics, register,
+                             sequence_logps)
+from algorithms.dpo import (check_number, check_unused_zero, masked_float32, optional_value,
                             policy_sequence_logps)
 
 
@@ -98,7 +100,7 @@ def previous_sequence_logps(inputs: LossInputs) -> tuple[Array, Array]:
 def _validate_dno(cfg: Mapping) -> None:
   check_number(cfg, "beta", low=0.0, low_inclusive=False)
   check_unused_zero(cfg, "label_smoothing")
-  check_unused_zero(cfg, "sft_weight")
+  check_number(cfg, "sft_weight", low=0.0)
 
 
 @register("dno", requirements=Requirements(reference=False, previous_policy=True,
@@ -126,4 +128,4 @@ def dno(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   else:
     metrics["dno/target"] = batch_mean(
         jax.lax.stop_gradient(inputs.preference_probs.astype(jnp.float32)), inputs)
-  return loss, metrics
+  return add_chosen_nll(loss, metrics, inputs, optional_value(cfg, "sft_weight"))

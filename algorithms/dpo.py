@@ -28,8 +28,9 @@ from typing import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from algorithms.base import (Array, LossInputs, Metrics, OnlineRound, Requirements, batch_mean,
-                             completion_lengths, preference_metrics, register, sequence_logps)
+from algorithms.base import (Array, LossInputs, Metrics, OnlineRound, Requirements,
+                             add_chosen_nll, batch_mean, completion_lengths, preference_metrics,
+                             register, sequence_logps)
 
 # ---------------------------------------------------------------------------------------
 # Per-token -> per-pair reductions shared by the family (and by SimPO).
@@ -162,6 +163,14 @@ def config_value(cfg: Mapping, key: str):
     raise ValueError(f"config.loss.{key} is required by loss {_cfg_name(cfg)!r}") from e
 
 
+def optional_value(cfg: Mapping, key: str, default=0.0):
+  """`cfg[key]`, or `default` when the config has no such key (an optional knob)."""
+  try:
+    return cfg[key]
+  except (KeyError, AttributeError):
+    return default
+
+
 def _cfg_name(cfg: Mapping) -> str:
   try:
     return cfg["name"]
@@ -218,7 +227,7 @@ def _validate_beta(cfg: Mapping) -> None:
 def _validate_dpo(cfg: Mapping) -> None:
   _validate_beta(cfg)
   check_number(cfg, "label_smoothing", low=0.0, high=0.5, high_inclusive=False)
-  check_unused_zero(cfg, "sft_weight")
+  check_number(cfg, "sft_weight", low=0.0)
 
 
 def _validate_cdpo(cfg: Mapping) -> None:
@@ -263,12 +272,14 @@ def _reference_loss(inputs: LossInputs, beta: float,
 
 @register("dpo", requirements=Requirements(reference=True), validate=_validate_dpo)
 def dpo(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
-  """DPO (Rafailov et al. 2023, Eq. 7): mean_b −log σ(β h_b); cDPO when label_smoothing > 0.
+  """DPO (Rafailov et al. 2023, Eq. 7): mean_b −log σ(β h_b); cDPO when label_smoothing > 0;
+  RPO (Pang et al. 2024) when sft_weight > 0 (`add_chosen_nll`).
 
   See `sigmoid_loss`. Rewards logged as β·ℓ_w, β·ℓ_l.
   """
-  return _reference_loss(
+  loss, metrics = _reference_loss(
       inputs, cfg.beta, lambda h: sigmoid_loss(h, cfg.beta, cfg.label_smoothing))
+  return add_chosen_nll(loss, metrics, inputs, optional_value(cfg, "sft_weight"))
 
 
 # Online DPO, the baseline every online table compares against: DPO's loss on best / worst

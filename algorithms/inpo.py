@@ -33,7 +33,8 @@ log-probs per token as MNPO's SimPO-derived forward does; the paper's math uses 
 log-probs, which is what is done here.
 
 Config keys read (all in `config.loss`): `inpo_eta` (η > 0), `inpo_ratio` (τ/η ∈ [0, 1)).
-`beta` is not used; `label_smoothing` and `sft_weight` must be 0.
+`sft_weight` ≥ 0 adds the NLL of the chosen responses (`algorithms.base.add_chosen_nll`, Pang
+et al. 2024; not part of INPO, off by default). `beta` is not used; `label_smoothing` must be 0.
 """
 
 from __future__ import annotations
@@ -43,10 +44,12 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-from algorithms.base import (Array, LossInputs, Metrics, OnlineRound, Requirements, batch_mean,
-                             preference_metrics, register, sequence_logps)
+from algorithms.base import (Array, LossInputs, Metrics, OnlineRound, Requirements,
+                             add_chosen_nll, batch_mean, preference_metrics, register,
+                             sequence_logps)
 from algorithms.dno import frozen_sequence_logps, previous_sequence_logps
 from algorithms.dpo import (check_number, check_unused_zero, ipo_loss, masked_float32,
+                            optional_value,
                             policy_sequence_logps)
 
 
@@ -78,7 +81,7 @@ def _validate_inpo(cfg: Mapping) -> None:
   check_number(cfg, "inpo_eta", low=0.0, low_inclusive=False)
   check_number(cfg, "inpo_ratio", low=0.0, high=1.0, high_inclusive=False)
   check_unused_zero(cfg, "label_smoothing")
-  check_unused_zero(cfg, "sft_weight")
+  check_number(cfg, "sft_weight", low=0.0)
 
 
 @register("inpo",
@@ -105,4 +108,4 @@ def inpo(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   loss = batch_mean(ipo_loss(h, eta), inputs)  # (h − 1/(2η))², see inpo_loss
   metrics = preference_metrics(inputs, eta * h_chosen, eta * h_rejected, chosen, rejected)
   metrics["inpo/h"] = batch_mean(jax.lax.stop_gradient(h), inputs)
-  return loss, metrics
+  return add_chosen_nll(loss, metrics, inputs, optional_value(cfg, "sft_weight"))

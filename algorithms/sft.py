@@ -15,7 +15,7 @@ from typing import Mapping
 import jax
 
 from algorithms.base import Array, LossInputs, Metrics, Requirements, register
-from algorithms.simpo import chosen_nll
+from algorithms.base import chosen_nll
 
 
 @register("sft", requirements=Requirements(reference=False))

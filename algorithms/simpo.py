@@ -16,13 +16,9 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import jax
-import jax.numpy as jnp
-
-from algorithms.base import (Array, LossInputs, Metrics, Requirements, batch_mean,
-                             chosen_token_count, preference_metrics, register)
-from algorithms.dpo import (check_number, conservative_log_sigmoid_loss, masked_float32,
-                            policy_sequence_logps)
+from algorithms.base import (Array, LossInputs, Metrics, Requirements, add_chosen_nll,
+                             batch_mean, preference_metrics, register)
+from algorithms.dpo import check_number, conservative_log_sigmoid_loss, policy_sequence_logps
 
 
 def simpo_loss(chosen_avg_logps: Array, rejected_avg_logps: Array, beta: float,
@@ -37,22 +33,6 @@ def simpo_loss(chosen_avg_logps: Array, rejected_avg_logps: Array, beta: float,
   """
   logits = beta * ((chosen_avg_logps - rejected_avg_logps) - gamma_beta_ratio)
   return conservative_log_sigmoid_loss(logits, label_smoothing)
-
-
-def chosen_nll(inputs: LossInputs) -> Array:
-  """Token-weighted cross-entropy of the chosen completions over the batch.
-
-  −Σ_b w_b Σ_t m_bt logπ_bt / Σ_b w_b n_b, i.e. HF `CrossEntropyLoss` over every chosen
-  completion token of the batch (what the SimPO trainer's `sft_weight` term uses), with pair
-  weights w. Under gradient accumulation the denominator is the whole batch's share
-  (`chosen_token_count`), so micro-batch gradients average to the whole batch's.
-  """
-  logps, _ = masked_float32(inputs.policy_chosen_logps, inputs.chosen_mask)
-  nll = -jnp.sum(logps, axis=-1)  # [B]
-  if inputs.pair_weights is not None:
-    nll = nll * inputs.pair_weights.astype(jnp.float32)
-  # No completion token at all: the sum is 0 too, so the term is 0 rather than NaN.
-  return jnp.sum(nll) / chosen_token_count(inputs)
 
 
 def _validate_simpo(cfg: Mapping) -> None:
@@ -75,8 +55,4 @@ def simpo(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
                         cfg.label_smoothing)
   loss = batch_mean(per_pair, inputs)
   metrics = preference_metrics(inputs, cfg.beta * chosen, cfg.beta * rejected, chosen, rejected)
-  if cfg.sft_weight:
-    sft = chosen_nll(inputs)
-    loss = loss + cfg.sft_weight * sft
-    metrics["sft_loss"] = jax.lax.stop_gradient(sft)
-  return loss, metrics
+  return add_chosen_nll(loss, metrics, inputs, cfg.sft_weight)

@@ -18,6 +18,20 @@ Every script prints one JSON line with `tokens_per_s`; the summary gives each co
 median over the rounds, the ratio of medians `ours / peer` (and `variant / ours`) and the
 median of the per-round ratios (steadier when the machine's load drifts). Not part
 of the test suite: one round at the tiny shape takes about a minute on 2 CPU cores.
+
+`--mode=sample` compares the KV-cache sampler instead, on generated tokens/s:
+
+    python -m experiments.compare_peers --mode=sample --rounds=3
+
+  ours   python -m experiments.benchmark --mode=sample --sampling=S (+ --ours_flags)
+  hf     python -m experiments.hf_generate_bench --sampling=S, transformers `generate` on the
+         same random weights (exported with models.to_hf), prompts and lengths, with the
+         python of --hf_python (default: this one)
+
+for S in greedy and top_p; each round runs the four processes, the order reversed every
+other round. Both print `tokens_per_s` (batch * new tokens / one call's seconds) and the
+prefill / decode split; the summary gives the medians and `ours/hf` per S (ratio of medians
+and median of the per-round ratios).
 """
 
 import json
@@ -32,6 +46,8 @@ from experiments.processes import portable, run_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample"],
+                          "Compare the train step (TRL, Tunix) or the sampler (HF generate).")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternations (each contestant runs once per round).")
 _CONFIG = flags.DEFINE_string("config", "configs/dpo.py:bench_tiny", "Our config[:preset].")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per run (all contestants).")
@@ -47,6 +63,11 @@ _BENCH_DIR = flags.DEFINE_string(
     "of .bench/, ../shared/bench/ that exists.")
 _TRL_PY = flags.DEFINE_string("trl_python", os.path.join(ROOT, ".venv-trl/bin/python"),
                               "Python of the TRL venv.")
+_HF_PY = flags.DEFINE_string("hf_python", sys.executable,
+                             "--mode=sample: python with transformers and torch.")
+_SAMPLE_FLAGS = flags.DEFINE_string(
+    "sample_flags", "", "--mode=sample: flags for both sides, e.g. '--sample_batch=16 "
+    "--prompt_len=64 --new_tokens=128 --steps=5 --warmup=1'.")
 _TUNIX_PY = flags.DEFINE_string("tunix_python", os.path.join(ROOT, ".venv-tunix/bin/python"),
                                 "Python of the Tunix venv.")
 
@@ -82,9 +103,79 @@ def contestants() -> dict[str, list[str]]:
   return runs
 
 
+SAMPLINGS = ("greedy", "top_p")
+
+
+def sample_contestants() -> dict[str, list[str]]:
+  """'{ours,hf}_{greedy,top_p}' -> command line (--mode=sample)."""
+  shared = [f"--config={_CONFIG.value}"] + shlex.split(_SAMPLE_FLAGS.value)
+  runs = {}
+  for sampling in SAMPLINGS:
+    runs[f"ours_{sampling}"] = ([sys.executable, "-m", "experiments.benchmark", "--mode=sample",
+                                 f"--sampling={sampling}"] + shared
+                                + shlex.split(_OURS_FLAGS.value))
+    runs[f"hf_{sampling}"] = [_HF_PY.value, "-m", "experiments.hf_generate_bench",
+                              f"--sampling={sampling}"] + shared
+  return runs
+
+
+def sample_summary(results: dict[str, list[dict]]) -> dict:
+  """Per sampling mode: medians of ours and hf (tokens/s, prefill and decode seconds), the
+  ratio of medians ours/hf and the median of the per-round ratios."""
+  summary = {}
+  for sampling in SAMPLINGS:
+    ours, hf = results[f"ours_{sampling}"], results[f"hf_{sampling}"]
+    med = lambda runs, key: statistics.median(r[key] for r in runs)
+    summary[sampling] = {
+        "ours_tokens_per_s": [r["tokens_per_s"] for r in ours],
+        "hf_tokens_per_s": [r["tokens_per_s"] for r in hf],
+        "ours_median_tokens_per_s": med(ours, "tokens_per_s"),
+        "hf_median_tokens_per_s": med(hf, "tokens_per_s"),
+        "ratio_of_medians": med(ours, "tokens_per_s") / med(hf, "tokens_per_s"),
+        "paired_ratio": statistics.median(o["tokens_per_s"] / h["tokens_per_s"]
+                                          for o, h in zip(ours, hf)),
+        **{f"{side}_median_{key}": med(runs, key)
+           for side, runs in (("ours", ours), ("hf", hf))
+           for key in ("total_s", "prefill_s", "decode_s", "compile_s")},
+    }
+  return summary
+
+
+def main_sample():
+  runs = sample_contestants()
+  names = list(runs)
+  results = {name: [] for name in names}
+  for round_index in range(_ROUNDS.value):
+    order = names if round_index % 2 == 0 else names[::-1]
+    for name in order:
+      result = run_json(runs[name])
+      results[name].append(result)
+      print(f"round {round_index + 1} {name:>12}: {result['tokens_per_s']:8.1f} tokens/s "
+            f"(prefill {result['prefill_s']:.3f} s, decode {result['decode_s']:.3f} s)",
+            flush=True)
+  summary = sample_summary(results)
+  for sampling, s in summary.items():
+    print(f"{sampling:>7}: ours {s['ours_median_tokens_per_s']:8.1f}, hf "
+          f"{s['hf_median_tokens_per_s']:8.1f} tokens/s; ours/hf {s['ratio_of_medians']:.3f} "
+          f"(ratio of medians), {s['paired_ratio']:.3f} (median of per-round ratios)")
+  first = results[names[0]][0]
+  print(json.dumps({
+      "mode": "sample", "rounds": _ROUNDS.value, "summary": summary,
+      "shape": {k: first[k] for k in ("batch", "prompt_len", "new_tokens")},
+      "cpu": first["cpu"],
+      "versions": {k: v for runs_ in results.values() for k, v in runs_[0]["versions"].items()},
+      "runs": {name: [{k: r[k] for k in ("tokens_per_s", "total_s", "prefill_s", "decode_s",
+                                          "compile_s", "total_times_s")} for r in rs]
+               for name, rs in results.items()},
+      "commands": {n: portable(c) for n, c in runs.items()}}))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _MODE.value == "sample":
+    main_sample()
+    return
   runs = contestants()
   names = list(runs)
   rates = {name: [] for name in names}

@@ -4,7 +4,8 @@ r"""The Hugging Face anchor of `benchmark --mode=sample`: `transformers` `genera
 
 The model is ours, the one `benchmark --mode=sample` builds from the same config and seed
 (`experiments.benchmark.sample_model`), written with `models.to_hf` into a temporary folder
-and loaded by `transformers.AutoModelForCausalLM.from_pretrained(dir, torch_dtype=float32)`:
+and loaded by `transformers.AutoModelForCausalLM.from_pretrained(dir, dtype=float32)` (`dtype`,
+transformers 5's name for `torch_dtype`):
 the same random weights. The prompts are the same (`benchmark.synthetic_prompts`), passed
 left-padded with their attention mask (none is padding at full length). Each call is
 
@@ -41,7 +42,7 @@ def load_hf_model(config, folder: str):
   import models
 
   models.to_hf(benchmark.sample_model(config), folder)
-  model = transformers.AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32)
+  model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
   return model.eval()
 
 

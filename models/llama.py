@@ -226,7 +226,9 @@ class Attention(nnx.Module):
       x: [B, T, D] inputs of the new tokens.
       cos, sin: [B, T, H] RoPE tables at the new tokens' positions.
       mask: [B, T, S] bool, True where a new token may attend to a slot.
-      cache: (k, v), each [B, S, K, H] in the compute dtype.
+      cache: (k, v), each [B, K, S, H] in the compute dtype (head-major, so the two
+        attention GEMMs batch over the leading (B, K) dims and read the cache in place;
+        a token-major [B, S, K, H] cache made XLA:CPU transpose all of it every step).
       index: int scalar (may be traced), the first slot written.
 
     Returns:
@@ -234,11 +236,23 @@ class Attention(nnx.Module):
     """
     q, k, v = self._qkv(x, cos, sin)
     k_cache, v_cache = cache
-    start = (0, index, 0, 0)
-    k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
-    v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
-    out = kernels.attention_reference(q, k_cache, v_cache, mask)
-    return self._output(out), (k_cache, v_cache)
+    start = (0, 0, index, 0)
+    head_major = lambda y: y.transpose(0, 2, 1, 3).astype(k_cache.dtype)  # [B, K, T, H]
+    k_cache = jax.lax.dynamic_update_slice(k_cache, head_major(k), start)
+    v_cache = jax.lax.dynamic_update_slice(v_cache, head_major(v), start)
+    # kernels.attention_reference's formula on the head-major cache.
+    scores = jnp.einsum('btkgh,bksh->bkgts', q, k_cache,
+                        preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
+    scores = jnp.where(mask[:, None, None, :, :], scores, kernels._MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    out = jnp.einsum('bkgts,bksh->bkgth', probs, v_cache)  # [B, K, G, T, H]
+    # o_proj as one plain [B, T, N·H] @ [N·H, D] GEMM (at T = 1, a decode step, the
+    # transpose is free). `_output`'s einsum let XLA:CPU order the contraction (h, n) and
+    # copy-transpose the o_proj weight inside the decode loop, every step.
+    b, k_heads, g, t, h = out.shape
+    out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, k_heads * g * h)
+    o_proj = self.o_proj[...].astype(self.dtype).reshape(k_heads * g * h, -1)
+    return out @ o_proj, (k_cache, v_cache)
 
 
 class MLP(nnx.Module):
@@ -439,13 +453,13 @@ class Transformer(nnx.Module):
   # Incremental decoding (sampling). The training path above never uses it.
 
   def init_cache(self, batch_size: int, max_len: int):
-    """An empty KV cache: per layer (k, v), each [B, S=max_len, K, H] zeros.
+    """An empty KV cache: per layer (k, v), each [B, K, S=max_len, H] zeros.
 
     A plain tuple pytree (not NNX state), so it can be carried through
     `jax.lax.scan` / `while_loop` and handed back by `cached_hidden_states`.
     """
     cfg = self.config
-    shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
     zeros = jnp.zeros(shape, cfg.compute_dtype)
     return tuple((zeros, zeros) for _ in range(cfg.num_layers))
 
@@ -471,7 +485,7 @@ class Transformer(nnx.Module):
     """
     cfg = self.config
     t = input_ids.shape[1]
-    s = cache[0][0].shape[1]
+    s = cache[0][0].shape[2]
     slots = jnp.arange(s)
     query_slots = index + jnp.arange(t)
     mask = (slots[None, :] <= query_slots[:, None])[None]  # [1, T, S]

@@ -55,3 +55,62 @@ def micro_config(**overrides):
 def tfds_dir(tmp_path_factory):
   """One TFDS cache for the whole session, so the synthetic task is prepared once."""
   return str(tmp_path_factory.mktemp("tfds"))
+
+
+# What `micro_online` changes in an online preset, as --config.<key>=<value> overrides.
+MICRO_ONLINE = {
+    "model.hidden_size": 64, "model.intermediate_size": 128, "model.num_layers": 2,
+    "model.num_heads": 4, "model.num_kv_heads": 2, "data.synthetic_train_size": 256,
+    "data.synthetic_test_size": 24, "total_steps": 4, "batch_size": 8, "eval_batch_size": 8,
+    "log_every": 1, "checkpoint_every": 2, "progress_bar": False,
+    "optimizer.learning_rate": 1e-4, "optimizer.warmup_steps": 1, "online.rounds": 2,
+    "online.num_prompts": 32, "online.sft_steps": 150, "online.eval_prompts": 8,
+    "online.max_new_tokens": 12}
+
+
+def micro_online(name: str, tfds_dir: str, **online):
+  """configs/<name>.py:tiny (an online loss) at test size: a 2-layer model, 150 SFT steps,
+  rounds of 32 prompts x 4 samples, 4 updates a round; `online` overrides config.online."""
+  import importlib
+
+  config = importlib.import_module(f"configs.{name}").get_config("tiny")
+  for key, value in dict(MICRO_ONLINE, **{"data.data_dir": tfds_dir}).items():
+    *parents, leaf = key.split(".")
+    target = config
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  if name == "prime":  # a micro model rarely sorts right: keep every prompt
+    config.online.accuracy_range = (0.0, 1.0)
+  config.online.update(online)
+  return config
+
+
+def micro_online_flags(tfds_dir: str, **online) -> list[str]:
+  """`micro_online`'s changes as command-line flags (for experiments/iterate.py, evaluate.py)."""
+  values = dict(MICRO_ONLINE, **{"data.data_dir": tfds_dir},
+                **{f"online.{k}": v for k, v in online.items()})
+  return [f"--config.{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="session")
+def online_start(tmp_path_factory, tfds_dir):
+  """A workdir whose round_0 holds π_0 of every `micro_online` config (the SFT warm-up and
+  its held-out responses depend on none of the fields the online tests vary): tests copy it
+  with `seed_round_0` instead of repeating the warm-up."""
+  from training import experiment, rounds
+
+  workdir = str(tmp_path_factory.mktemp("online_start"))
+  exp = experiment.build(micro_online("dno", tfds_dir), workdir)
+  pi_0 = rounds.start_policy(exp, workdir)
+  rounds.eval_samples_of_pi_0(exp, workdir, pi_0)
+  return workdir
+
+
+def seed_round_0(start: str, workdir: str):
+  """Copies π_0 and its held-out responses from the `online_start` workdir."""
+  os.makedirs(os.path.join(workdir, "round_0"), exist_ok=True)
+  shutil.copytree(os.path.join(start, "round_0", "policy"),
+                  os.path.join(workdir, "round_0", "policy"))
+  shutil.copy(os.path.join(start, "round_0", "eval_samples.json"),
+              os.path.join(workdir, "round_0", "eval_samples.json"))

@@ -10,24 +10,35 @@ import numpy as np
 import pytest
 
 import algorithms
-from training import loop
+from tests.conftest import micro_online, seed_round_0
+from training import loop, rounds
 
-ONLINE = {"dno", "inpo", "gpo", "prime"}
+ONLINE = set(rounds.online_algorithms())
 
 
 def _micro(config, name, tfds_dir):
-  """The preset at test size: 2-layer model, 20 steps; online rounds kept small."""
+  """The preset at test size: 2-layer model, 20 steps (online: one round of 20 steps)."""
+  if name in ONLINE:
+    config = micro_online(name, tfds_dir, rounds=1)
   config.model.update(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                       num_kv_heads=2)
   config.data.update(synthetic_train_size=256, synthetic_test_size=24, data_dir=tfds_dir)
   config.update(total_steps=20, batch_size=8, eval_batch_size=8, log_every=1, eval_every=10,
                 checkpoint_every=10, progress_bar=False)
-  if name in ONLINE:
-    # A micro model after 120 SFT steps rarely sorts right: PRIME keeps every prompt (its
-    # labels are mostly 0, the advantages small) and the graded oracle still ranks pairs.
-    config.online.update(num_prompts=32, sft_steps=120, eval_prompts=8,
-                         accuracy_range=(0.0, 1.0))
   return config
+
+
+def _run(config, workdir: str, online_start: str) -> dict:
+  """loop.train, or one online round (rounds.iterate, from the shared π_0) for an online
+  loss; the summary of the training run (an online round's training is WORKDIR/round_1)."""
+  if config.loss.name not in ONLINE:
+    return loop.train(config, workdir)
+  seed_round_0(online_start, workdir)
+  summary = rounds.iterate(config, workdir)
+  with open(os.path.join(workdir, "round_1", "metrics.jsonl")) as f:
+    last = [json.loads(line) for line in f][-1]
+  assert [r["round"] for r in summary["rounds"]] == [0, 1]
+  return {"final_step": last["step"], "skipped_steps": last["skipped_steps"]}
 
 
 def test_every_registered_loss_has_a_config_file():
@@ -37,63 +48,46 @@ def test_every_registered_loss_has_a_config_file():
 
 
 @pytest.mark.parametrize("name", algorithms.registered_names())
-def test_config_trains_20_steps_without_nans(name, tmp_path, tfds_dir):
+def test_config_trains_20_steps_without_nans(name, tmp_path, tfds_dir, online_start):
   config = importlib.import_module(f"configs.{name}").get_config("tiny")
   assert config.loss.name == name
-  summary = loop.train(_micro(config, name, tfds_dir), str(tmp_path))
+  summary = _run(_micro(config, name, tfds_dir), str(tmp_path), online_start)
   assert summary["final_step"] == 20 and summary["skipped_steps"] == 0
-  with open(tmp_path / "metrics.jsonl") as f:
+  logs = tmp_path / ("round_1" if name in ONLINE else "") / "metrics.jsonl"
+  with open(logs) as f:
     rows = [json.loads(line) for line in f]
   trained = [r for r in rows if "loss" in r]
   assert [r["step"] for r in trained] == list(range(1, 21))
   for row in rows:
     bad = {k: v for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)}
     assert not bad, f"{name}: non-finite metrics at step {row['step']}: {bad}"
-  evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
-  assert evals[0]["step"] == 0 and evals[-1]["step"] == 20
   if name in ONLINE:  # the round's samples, scores and training rows are kept
-    with open(tmp_path / "online" / "round_0.json") as f:
-      record = json.load(f)
-    assert len(record["pairs"]) >= config.batch_size
+    with open(tmp_path / "round_1" / "rows.json") as f:
+      assert len(json.load(f)) >= config.batch_size
+  else:
+    evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 20
   if name == "prime":  # and PRIME's online PRM update with the CE loss
-    with open(tmp_path / "online" / "prm_round_0.json") as f:
+    with open(tmp_path / "round_1" / "prm.json") as f:
       losses = json.load(f)["losses"]
     assert losses and all(math.isfinite(x) for x in losses)
-    assert (tmp_path / "online" / "prm_round_0").is_dir()
+    assert (tmp_path / "round_1" / "prm").is_dir()
 
 
-def test_online_run_resumes_exactly(tmp_path, tfds_dir):
-  """A stopped online run resumes on the saved round (and a recomputed, identical SFT
-  warm-up) and ends with the parameters of an uninterrupted run."""
-  import jax
-  import numpy as np
-
-  from configs import dno
-
-  make = lambda: _micro(dno.get_config("tiny"), "dno", tfds_dir)  # noqa: E731
-  whole = loop.train(make(), str(tmp_path / "whole"))
-  loop.train(make(), str(tmp_path / "split"), stop_at=10)
-  resumed = loop.train(make(), str(tmp_path / "split"))
-  assert resumed["start_step"] == 10 and resumed["final_step"] == 20
-  for a, b in zip(jax.tree.leaves(whole["state"].params), jax.tree.leaves(resumed["state"].params)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
-def test_gpo_round_scored_by_a_trained_gpm(tmp_path, tfds_dir):
-  """The GPO paper's pipeline: train a GPM on the task's pairs, then one GPO round whose
+def test_gpo_round_scored_by_a_trained_gpm(tmp_path, tfds_dir, online_start):
+  """The GPO paper's pipeline: train a GPM on the task's pairs, then a GPO round whose
   score table comes from it (config.online.scorer = "gpm")."""
-  from configs import gpm, gpo
+  from configs import gpm
 
   gpm_dir = str(tmp_path / "gpm")
   loop.train(_micro(gpm.get_config("tiny"), "gpm", tfds_dir), gpm_dir)
-  config = _micro(gpo.get_config("tiny"), "gpo", tfds_dir)
-  config.online.update(scorer="gpm", scorer_path=gpm_dir)
-  summary = loop.train(config, str(tmp_path / "gpo"))
-  assert summary["final_step"] == 20 and summary["skipped_steps"] == 0
-  with open(tmp_path / "gpo" / "online" / "round_0.json") as f:
-    record = json.load(f)
-  table = np.asarray(record["score_table"])
-  assert record["scorer"] == "gpm" and table.shape == (32, 4, 4)
+  config = micro_online("gpo", tfds_dir, rounds=1, scorer="gpm", scorer_path=gpm_dir)
+  seed_round_0(online_start, str(tmp_path / "gpo"))
+  summary = rounds.iterate(config, str(tmp_path / "gpo"))
+  assert [r["round"] for r in summary["rounds"]] == [0, 1]
+  with open(tmp_path / "gpo" / "round_1" / "scores.json") as f:
+    table = np.asarray(json.load(f)["scores"])
+  assert table.shape == (32, 4, 4)
   np.testing.assert_allclose(table, -np.swapaxes(table, 1, 2), atol=1e-5)  # s(i,j) = −s(j,i)
   assert np.abs(table).max() > 0
 
@@ -102,7 +96,7 @@ def test_gpo_round_scored_by_a_trained_gpm(tmp_path, tfds_dir):
                                   pytest.param("t_reg", marks=pytest.mark.slow),
                                   pytest.param("ld_dpo", marks=pytest.mark.slow),
                                   pytest.param("implicit_prm", marks=pytest.mark.slow)])
-def test_shared_prompt_trains_like_the_plain_forward(name, tmp_path, tfds_dir):
+def test_shared_prompt_trains_like_the_plain_forward(name, tmp_path, tfds_dir, online_start):
   """`model.share_prompt` on losses that read per-token masks and extras (LD-DPO's tail,
   T-REG's token rewards, the implicit PRM's step ends) and on an online round's pairs: no
   pair is poisoned (skipped_steps 0) and the losses follow the plain forward's (offline
@@ -115,9 +109,9 @@ def test_shared_prompt_trains_like_the_plain_forward(name, tmp_path, tfds_dir):
     config.optimizer.warmup_steps = 1
     config.model.share_prompt = share
     workdir = tmp_path / f"share_{share}"
-    summary = loop.train(config, str(workdir))
+    summary = _run(config, str(workdir), online_start)
     assert summary["final_step"] == 4 and summary["skipped_steps"] == 0
-    with open(workdir / "metrics.jsonl") as f:
+    with open(workdir / ("round_1" if name in ONLINE else "") / "metrics.jsonl") as f:
       losses[share] = [r["loss"] for r in map(json.loads, f) if "loss" in r]
   if False in losses:
     np.testing.assert_allclose(losses[True], losses[False], rtol=2e-4, atol=1e-5)

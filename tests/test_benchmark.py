@@ -47,6 +47,30 @@ def test_benchmark_prints_one_json_line():
   assert abs(result["first_loss"] - 0.693147) < 1e-3  # policy = reference: ln 2
 
 
+SAMPLE_KEYS = {"tokens_per_s", "total_s", "prefill_s", "decode_s", "compile_s", "cpu",
+               "device_kind", "sampling", "batch", "prompt_len", "new_tokens",
+               "generated_tokens"}
+
+
+def test_sample_mode_prints_one_json_line():
+  """--mode=sample at a tiny shape: one JSON line, every row generating all new tokens."""
+  overrides = [f"--config.model.{k}={v}" for k, v in SMALL.items()]
+  command = [sys.executable, "-m", "experiments.benchmark", "--mode=sample",
+             "--config=configs/dpo.py:bench_tiny", "--sampling=top_p", "--sample_batch=2",
+             "--prompt_len=3", "--new_tokens=4", "--steps=1", "--warmup=1"] + overrides
+  proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                        env=dict(os.environ, XLA_FLAGS=""), timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = [l for l in proc.stdout.splitlines() if l.strip()]
+  assert len(lines) == 1, proc.stdout
+  result = json.loads(lines[0])
+  assert SAMPLE_KEYS <= set(result)
+  assert (result["sampling"], result["batch"], result["new_tokens"]) == ("top_p", 2, 4)
+  assert result["generated_tokens"] == 2 * 4  # eos unreachable: no row stops early
+  assert result["tokens_per_s"] > 0 and result["prefill_s"] > 0
+  assert abs(result["decode_s"] - (result["total_s"] - result["prefill_s"])) < 1e-9
+
+
 def test_completion_head_and_precomputed_reference():
   config = _small_config()
   config.model.logits_on = "completion"

@@ -261,6 +261,21 @@ def test_simpo_sft_weight_adds_token_weighted_chosen_nll():
   assert "sft_loss" not in get_loss("simpo")(inputs, loss_cfg("simpo", beta=2.0))[1]
 
 
+@pytest.mark.parametrize("name", ["dpo", "online_dpo", "dno", "inpo"])
+def test_sft_weight_adds_the_same_chosen_nll_to_the_pairwise_losses(name):
+  """RPO's NLL term (Pang et al. 2024): loss + α · token-weighted NLL of the chosen side."""
+  from algorithms.testing.common import loss_config
+
+  inputs = fixture_a(with_ref=True).replace(pair_weights=jnp.array([1.0, 0.0, 1.0]))
+  inputs = inputs.replace(prev_chosen_logps=inputs.ref_chosen_logps,
+                          prev_rejected_logps=inputs.ref_rejected_logps)
+  base, _ = get_loss(name)(inputs, loss_config(name))
+  loss, metrics = get_loss(name)(inputs, loss_config(name, sft_weight=0.5))
+  nll = -(POLICY_CHOSEN[0] + POLICY_CHOSEN[2]) / (N_CHOSEN[0] + N_CHOSEN[2])
+  np.testing.assert_allclose(float(metrics["sft_loss"]), nll, rtol=1e-6)
+  np.testing.assert_allclose(float(loss), float(base) + 0.5 * nll, rtol=1e-6)
+
+
 def test_simpo_label_smoothing_matches_official_form():
   cfg = loss_cfg("simpo", beta=2.0, label_smoothing=0.1)
   loss, _ = get_loss("simpo")(fixture_a(with_ref=False), cfg)
@@ -458,7 +473,8 @@ def test_validate_accepts_fixture_configs(case):
     ("dpo", {"beta": "0.1"}, r"config\.loss\.beta must be a finite number"),
     ("dpo", {"label_smoothing": 0.5}, r"config\.loss\.label_smoothing must be in \[0.0, 0.5\)"),
     ("dpo", {"label_smoothing": -0.1}, r"config\.loss\.label_smoothing"),
-    ("dpo", {"sft_weight": 1.0}, r"config\.loss\.sft_weight=1\.0 has no effect"),
+    ("dpo", {"sft_weight": -1.0}, r"config\.loss\.sft_weight must be >= 0"),
+    ("ipo", {"sft_weight": 1.0}, r"config\.loss\.sft_weight=1\.0 has no effect"),
     ("cdpo", {"label_smoothing": 0.0}, r"config\.loss\.label_smoothing must be in \(0.0, 0.5\)"),
     ("cdpo", {"label_smoothing": 0.5}, r"config\.loss\.label_smoothing must be in \(0.0, 0.5\)"),
     ("robust_dpo", {"label_smoothing": 0.5}, r"config\.loss\.label_smoothing must be in \[0.0"),

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import algorithms
-from algorithms.simpo import chosen_nll
+from algorithms.base import chosen_nll
 from data import pipeline
 from tests.conftest import ROOT, micro_config
 from training import loop

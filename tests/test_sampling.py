@@ -376,3 +376,32 @@ def test_decode_completions_cuts_at_eos():
   cmask = np.array([[1, 1, 1, 0], [1, 1, 1, 0]])
   assert sampling.decode_completions(tok, tokens, cmask) == ['hi', 'hi']
   assert sampling.decode_completions(tok, tokens, cmask, eos_ids=[105]) == ['h', 'h']
+
+
+# ----------------------------------------------------------------------------
+# Against Hugging Face transformers' `generate`.
+
+
+def test_greedy_equals_transformers_generate(tmp_path):
+  """Greedy tokens equal `generate(do_sample=False)`'s, token for token, on the same random
+  weights (exported with models.to_hf), left-padded prompts of different lengths."""
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  from models import to_hf
+
+  model = random_model(tiny_config(), seed=3)
+  to_hf(model, str(tmp_path))
+  hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32)
+  ids, mask = left_padded_prompts([9, 2, 5, 1], width=9, vocab=96, seed=4)
+  m = 16
+  tokens, cmask, _ = sampling.sample(model, ids, mask, key=jax.random.key(0), max_new_tokens=m,
+                                     temperature=0.0, eos_id=NO_EOS, pad_id=PAD)
+  assert np.asarray(cmask).all()
+  with torch.inference_mode():
+    out = hf.eval().generate(torch.from_numpy(ids).long(),
+                             attention_mask=torch.from_numpy(mask).long(), do_sample=False,
+                             max_new_tokens=m, min_new_tokens=m, use_cache=True,
+                             pad_token_id=PAD)
+  expected = out[:, ids.shape[1]:].numpy()
+  assert len(set(expected[:, 0].tolist())) > 1  # the rows do differ
+  np.testing.assert_array_equal(np.asarray(tokens), expected)

@@ -256,7 +256,9 @@ class PreferenceModelOracle:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
       raise ValueError(f"PreferenceModelOracle: batch_size must be an int >= 1, got "
                        f"{batch_size!r}")
-    from training.mesh import batch_divisor  # local: keeps `import training.oracles` light
+    # local: `import training.oracles` stays light (config_check imports it)
+    from training.experiment import model_config
+    from training.mesh import batch_divisor
 
     self.name = name
     self.config = config
@@ -266,8 +268,10 @@ class PreferenceModelOracle:
     self.graphdef = graphdef
     # Any valid id: pad positions are masked out of attention and never read.
     self.pad_id = int(pad_id)
-    self.vocab_size = int(config.model.vocab_size)
-    self.max_positions = int(config.model.get("max_position_embeddings", 0) or 0)
+    # The model's shape as the run built it (read from the HF checkpoint with init_from).
+    shape = model_config(config)
+    self.vocab_size = int(shape.vocab_size)
+    self.max_positions = int(getattr(shape, "max_position_embeddings", 0) or 0)
     # put_batch splits the leading axis over data x fsdp, and each process passes its own
     # equal slice of it.
     self.row_multiple = math.lcm(batch_divisor(mesh), jax.process_count())

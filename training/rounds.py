@@ -131,10 +131,23 @@ def _load_json(path: str):
     return json.load(f)
 
 
+# What a directory's progress.json says while each stage's file is being made.
+_STAGES = {"samples.json": "sampling", "scores.json": "scoring", "rows.json": "rows",
+           "eval_samples.json": "evaluating", "eval.json": "evaluating"}
+
+
+def note_progress(directory: str, stage: str) -> None:
+  """`directory/progress.json` = {"stage": stage}: where a running round is (for people
+  watching a run, and for the kill tests)."""
+  if jax.process_index() == 0:
+    _save_json(os.path.join(directory, "progress.json"), {"stage": stage})
+
+
 def _stage(path: str, compute):
   """The stage's record from `path` if a run already finished it, else `compute()` saved."""
   if os.path.exists(path):
     return _load_json(path)
+  note_progress(os.path.dirname(path), _STAGES[os.path.basename(path)])
   record = compute()
   if jax.process_index() == 0:
     _save_json(path, record)
@@ -470,6 +483,7 @@ def update_prm(exp: Experiment, anchors: Anchors, rows: list[TokenizedPair],
   checkpointer = ocp.StandardCheckpointer()
   if os.path.exists(path):
     return checkpointer.restore(path, anchors.prm)
+  note_progress(directory, "prm")
   config = exp.config
   prm_cfg = config.loss.copy_and_resolve_references()
   prm_cfg.update(beta=config.loss.prm_beta, prm_objective="ce")
@@ -495,6 +509,7 @@ def train_rollout(exp: Experiment, params, rows: list[TokenizedPair], directory:
   batches = make_batcher(exp.config, exp.tokenizer,
                          TokenizedPairs.from_pairs(rows, exp.tokenizer.pad_id,
                                                    source_name=directory))
+  note_progress(directory, "training")
   state, summary = fit(exp, fresh_state(exp, params), batches, directory, stop_at=stop_at)
   return state.params, summary
 
@@ -519,6 +534,13 @@ def eval_responses(exp: Experiment, params, prompts: list[dict]) -> list[list[in
                                          key=key)]
 
 
+def eval_samples_of_pi_0(exp: Experiment, workdir: str, pi_0) -> list[list[int]]:
+  """π_0's held-out responses, the baseline of every round: WORKDIR/round_0/eval_samples.json,
+  made once."""
+  return _stage(os.path.join(workdir, "round_0", "eval_samples.json"),
+                lambda: eval_responses(exp, pi_0, eval_prompts(exp)))
+
+
 def evaluate_policy(exp: Experiment, oracle, verifier, prompts: list[dict],
                     responses: list[list[int]], baseline: list[list[int]]) -> dict:
   """`eval/win_rate`, `eval/lc_win_rate`, `eval/length` (and `eval/accuracy` with a
@@ -538,6 +560,43 @@ def evaluate_policy(exp: Experiment, oracle, verifier, prompts: list[dict],
   return win_rates.round_summary(prefs, np.asarray([length(r) for r in responses], np.float64),
                                  np.asarray([length(b) for b in baseline], np.float64),
                                  accuracy=accuracy)
+
+
+def load_policy(exp: Experiment, path: str) -> PyTree:
+  """The params of a policy checkpoint: a run's or a round's directory (the newest step of
+  its checkpoints/) or an orbax params checkpoint (WORKDIR/round_0/policy)."""
+  import orbax.checkpoint as ocp
+
+  from training.checkpoint import Checkpointer
+  from training.loop import fresh_state
+
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    checkpointer = Checkpointer(os.path.join(path, "checkpoints"))
+    try:
+      if checkpointer.latest_step() is None:
+        raise DataError(f"{path}/checkpoints: no checkpoint there")
+      return checkpointer.restore(fresh_state(exp, exp.state.params)).params
+    finally:
+      checkpointer.close()
+  if not os.path.isdir(path):
+    raise DataError(f"{path}: no such checkpoint (expected a run or round directory with "
+                    "checkpoints/, or an orbax params directory such as round_0/policy)")
+  return jax.device_put(ocp.StandardCheckpointer().restore(path, exp.state.params),
+                        exp.state_sharding.params)
+
+
+def evaluate_checkpoint(config, workdir: str, path: str) -> dict:
+  """`evaluate_policy` of the checkpoint at `path` against π_0 of the online run in
+  `workdir` (its held-out prompts and π_0's responses, made once by that run), under the
+  oracle of `config` (experiments/evaluate.py)."""
+  exp = build(config, workdir)
+  oracle = oracles_lib.make_oracle(config, exp.tokenizer, exp.mesh)
+  verifier = oracles_lib.verifier_for(config, exp.tokenizer)
+  prompts = eval_prompts(exp)
+  baseline = eval_samples_of_pi_0(exp, workdir, start_policy(exp, workdir))
+  responses = eval_responses(exp, load_policy(exp, path), prompts)
+  return evaluate_policy(exp, oracle, verifier, prompts, responses, baseline)
 
 
 # ---------------------------------------------------------------------------------------
@@ -617,8 +676,7 @@ def iterate(config, workdir: str, *, stop_at: Optional[tuple[int, int]] = None) 
 
   pi_0 = start_policy(exp, workdir)
   prompts = eval_prompts(exp)
-  baseline = _stage(os.path.join(workdir, "round_0", "eval_samples.json"),
-                    lambda: eval_responses(exp, pi_0, prompts))
+  baseline = eval_samples_of_pi_0(exp, workdir, pi_0)
   _stage(os.path.join(workdir, "round_0", "eval.json"),
          lambda: {"round": 0, **evaluate_policy(exp, oracle, verifier, prompts, baseline,
                                                 baseline)})

@@ -104,11 +104,11 @@ DNO_ROUNDS = {"transitive": 40, "cyclic": 400}
 ROUND_STEPS = 400  # Adam steps per round (decaying step): each round's loss is minimised
 
 
-def dno_iterates(pref: np.ndarray, eta: float, rounds: int, start=None) -> np.ndarray:
-  """[rounds + 1, Y] DNO's iterates π_1 (uniform, or `start`) .. π_{T+1} with the real loss.
+def dno_round_objective(pref: np.ndarray, eta: float):
+  """(space, objective(θ, frozen)) of DNO's exact round with the real loss.
 
   Round t: every unordered pair (a, b), uniform weight, soft label σ(r_t(a) − r_t(b)) with
-  r_t(y) = P(y ≻ π_t) exact; prev = π_t; η = cfg.beta.
+  r_t(y) = P(y ≻ π_t) exact; `frozen["prev"]` = θ_t, the logits of π_t; η = cfg.beta.
   """
   cfg = loss_config("dno", beta=eta)
   loss = algorithms.get_loss("dno")
@@ -118,15 +118,24 @@ def dno_iterates(pref: np.ndarray, eta: float, rounds: int, start=None) -> np.nd
   pref_j = jnp.asarray(pref, jnp.float32)
   ca, cb = jnp.asarray(pairs.chosen), jnp.asarray(pairs.rejected)
 
-  def objective(theta, theta_t):
+  def objective(theta, frozen):
+    theta_t = frozen["prev"]
     prev = tabular.token_log_probs(space, theta_t)
     win = pref_j @ _policy(space, theta_t)  # r_t(y) = P(y ≻ π_t)
     inputs = pair_inputs(space, pairs, tabular.token_log_probs(space, theta), prev=prev,
                          preference_probs=jax.nn.sigmoid(win[ca] - win[cb]))
     return loss(inputs, cfg)[0]
 
+  return space, objective
+
+
+def dno_iterates(pref: np.ndarray, eta: float, rounds: int, start=None) -> np.ndarray:
+  """[rounds + 1, Y] DNO's iterates π_1 (uniform, or `start`) .. π_{T+1} with the real loss
+  (`dno_round_objective`, the previous iterate as the anchor of each round)."""
+  space, objective = dno_round_objective(pref, eta)
   theta0 = np.zeros(space.num_edges) if start is None else tabular.logits_for(space, start)
-  return run_rounds(space, objective, theta0, rounds, steps=ROUND_STEPS, learning_rate=0.1)
+  return run_rounds(space, lambda theta, theta_t: objective(theta, {"prev": theta_t}),
+                    theta0, rounds, steps=ROUND_STEPS, learning_rate=0.1)
 
 
 def dno_worlds() -> Iterator[WorldResult]:
@@ -174,32 +183,41 @@ INPO_ROUNDS = 80
 INPO_REF = np.array([0.1, 0.2, 0.3, 0.4])  # favours the worse responses: the KL term matters
 
 
-def inpo_iterates(pref: np.ndarray, ref: np.ndarray, eta: float, ratio: float,
-                  rounds: int) -> np.ndarray:
-  """[rounds + 1, Y] INPO's iterates from π_1 = π_ref with the real loss.
+def inpo_round_objective(pref: np.ndarray, eta: float, ratio: float):
+  """(space, objective(θ, frozen)) of INPO's exact round with the real loss.
 
   Round t: every ordered pair (a, b) with weight π_t(a) π_t(b) P(a ≻ b) (pairs drawn from
-  π_t ⊗ π_t and labelled by P), chosen = a; ref = π_ref, prev = π_t.
+  π_t ⊗ π_t and labelled by P), chosen = a; `frozen["ref"]` = the logits of π_ref,
+  `frozen["prev"]` = those of π_t.
   """
   cfg = loss_config("inpo", inpo_eta=eta, inpo_ratio=ratio)
   loss = algorithms.get_loss("inpo")
   n = pref.shape[0]
   space = single_token_space(n)
   pairs = _ordered(n)
-  ref_logits = tabular.logits_for(space, ref)
-  ref_tok = tabular.token_log_probs(space, jnp.asarray(ref_logits, jnp.float32))
   pair_pref = jnp.asarray(pref[pairs.chosen, pairs.rejected], jnp.float32)
   ca, cb = jnp.asarray(pairs.chosen), jnp.asarray(pairs.rejected)
 
-  def objective(theta, theta_t):
-    prev = tabular.token_log_probs(space, theta_t)
-    pi_t = _policy(space, theta_t)
-    inputs = pair_inputs(space, pairs, tabular.token_log_probs(space, theta), ref=ref_tok,
-                         prev=prev, weights=pi_t[ca] * pi_t[cb] * pair_pref)
+  def objective(theta, frozen):
+    prev = tabular.token_log_probs(space, frozen["prev"])
+    pi_t = _policy(space, frozen["prev"])
+    inputs = pair_inputs(space, pairs, tabular.token_log_probs(space, theta),
+                         ref=tabular.token_log_probs(space, frozen["ref"]), prev=prev,
+                         weights=pi_t[ca] * pi_t[cb] * pair_pref)
     return loss(inputs, cfg)[0]
 
-  return run_rounds(space, objective, ref_logits, rounds, steps=ROUND_STEPS,
-                    learning_rate=0.1)
+  return space, objective
+
+
+def inpo_iterates(pref: np.ndarray, ref: np.ndarray, eta: float, ratio: float,
+                  rounds: int) -> np.ndarray:
+  """[rounds + 1, Y] INPO's iterates from π_1 = π_ref with the real loss
+  (`inpo_round_objective`: π_ref fixed, π_t the previous iterate)."""
+  space, objective = inpo_round_objective(pref, eta, ratio)
+  ref_logits = jnp.asarray(tabular.logits_for(space, ref), jnp.float32)
+  return run_rounds(
+      space, lambda theta, theta_t: objective(theta, {"ref": ref_logits, "prev": theta_t}),
+      ref_logits, rounds, steps=ROUND_STEPS, learning_rate=0.1)
 
 
 def inpo_worlds() -> Iterator[WorldResult]:
