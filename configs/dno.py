@@ -3,14 +3,16 @@ DNO-Prct (Algorithm 2): sample K responses per prompt from π_t, pair the best a
 win-rate, and train a DPO-style loss against π_t (η = config.loss.beta).
 
 Presets (`--config=configs/dno.py:PRESET`):
-  tiny  3 rounds on the built-in task (configs/online.py): SFT warm-up, 256 prompts
-        x 4 samples scored by the sorting verifier, 32 training steps; η = 0.1.
+  tiny  3 rounds on the built-in task (configs/online.py): SFT warm-up, 512 prompts
+        x 4 samples a round scored by the sorting verifier, 64 training steps; η = 0.1, and the
+        NLL term on the chosen responses (loss.sft_weight = 1, see configs/online.py).
 """
 
 from configs import base, online
 
+
 def tiny(config):
-  online.tiny_rounds(config)
+  online.pairwise_nll(online.tiny_rounds(config))
   config.loss.beta = 0.1
   return config
 

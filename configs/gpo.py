@@ -10,6 +10,7 @@ Presets (`--config=configs/gpo.py:PRESET`):
 
 from configs import base, online
 
+
 def tiny(config):
   online.tiny_rounds(config)
   config.loss.update(beta=1.0, gpo_loss_type="sppo_score", preference_tau=1.0)

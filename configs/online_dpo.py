@@ -4,14 +4,15 @@ Feedback", arXiv 2402.04792): the baseline every online table compares against. 
 same round with the anchor moved to π_t.
 
 Presets (`--config=configs/online_dpo.py:PRESET`, run with `python -m experiments.iterate`):
-  tiny  3 rounds on the built-in task (configs/online.py), β = 0.1 as DNO's η.
+  tiny  3 rounds on the built-in task (configs/online.py), β = 0.1 as DNO's η, and the NLL
+        term on the chosen responses (loss.sft_weight = 1, see configs/online.py).
 """
 
 from configs import base, online
 
 
 def tiny(config):
-  online.tiny_rounds(config)
+  online.pairwise_nll(online.tiny_rounds(config))
   config.loss.beta = 0.1
   return config
 

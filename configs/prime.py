@@ -3,12 +3,13 @@
 rewards and an implicit PRM's process rewards.
 
 Presets (`--config=configs/prime.py:PRESET`):
-  tiny  3 rounds on the built-in task (configs/online.py): 256 prompts x 4 samples,
+  tiny  3 rounds on the built-in task (configs/online.py): 512 prompts x 4 samples a round,
         prompts with accuracy in [0.2, 0.8] kept, clip 0.2. The implicit PRM starts as the
-        SFT policy, so in this first round its process rewards are 0.
+        SFT policy (process rewards 0 in the first rollout) and is updated on every rollout.
 """
 
 from configs import base, online
+
 
 def tiny(config):
   online.tiny_rounds(config)

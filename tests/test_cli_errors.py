@@ -127,3 +127,32 @@ def test_errors_from_the_run_are_one_line(tmp_path):
       "error: non-finite loss at step 5 (batch 4, example ids [3, 9]): loss=nan; the update "
       "was not applied and the run stopped without checkpointing this step "
       "(config.nonfinite='halt')", "exit code 1"], done.stderr[-3000:]
+
+
+def run_iterate(*args, workdir):
+  done = subprocess.run(
+      [sys.executable, "-m", "experiments.iterate", f"--workdir={workdir}", *args],
+      cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=120)
+  errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+  return done, errors
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--config.online.scorer=gpt5"], ["config.online.scorer must be one of", "'gpt5'"]),
+    (["--config.online.rounds=0"], ["config.online.rounds must be an integer >= 1, got 0"]),
+    (["--config.online.scorer=judge", "--config.online.judge=no_such_module:judge"],
+     ["config.online.judge", "no_such_module"]),
+    (["--config.online.scorer=gpm", "--config.online.scorer_path=/nonexistent/gpm_run"],
+     ["config.online.scorer_path", "/nonexistent/gpm_run"]),
+])
+def test_iterate_refuses_bad_online_values_before_compute(flags, expected, tmp_path):
+  """experiments/iterate.py: one line naming the field, exit 2, nothing written."""
+  workdir = tmp_path / "run"
+  done, errors = run_iterate("--config=configs/dno.py:tiny", *flags, workdir=workdir)
+  assert_refused(done, errors, *expected)
+  assert not workdir.exists()
+
+
+def test_train_points_online_losses_to_iterate(tmp_path):
+  done, errors = run_cli("--config=configs/dno.py:tiny", workdir=tmp_path / "run")
+  assert_refused(done, errors, "online algorithm", "experiments.iterate")
