@@ -25,7 +25,7 @@ Four oracles (`ORACLES`, the values of `config.online.scorer`):
 In every table P_ij + P_ji = 1, P_ii = ½, s_ij = −s_ji and s_ii = 0; s is on the logit scale
 of P (already divided by the model's τ), the form GPO's targets read
 (`algorithms.gpo.gpo_targets`). The verifier is the one exception to P = σ(s): its P is the
-hard 0 / ½ / 1 comparison of the rewards (as `training.online.verifier_wins`).
+hard 0 / ½ / 1 comparison of the rewards.
 
 The model oracles score the N·K (prompt, response) rows with one jitted forward
 (`training.step.head_values`) in fixed-size chunks, sharded over the mesh's batch axes
@@ -162,7 +162,7 @@ class VerifierOracle:
   r_ik = `data.synthetic.score(prompt_i, text_ik)` (1 for a correct sorting, partial credit
   below ½ otherwise) and correct_ik = `verify(prompt_i, text_ik)` when the completion ends
   with eos, else both 0: a response cut off at max_new_tokens never wins on content it did
-  not finish (the rule of `training.online.verifier_rewards`). Then
+  not finish. Then
 
       P(y_i ≻ y_j) = 1[r_i > r_j] + ½·1[r_i = r_j],   s(y_i ≻ y_j) = (r_i − r_j) / τ.
   """
