@@ -403,3 +403,26 @@ def test_kill_9_during_sampling_and_training_resumes_to_the_same_end(tmp_path, t
   exp = experiment.build(config, whole)
   _params_equal(rounds.load_policy(exp, os.path.join(whole, "round_3")),
                 rounds.load_policy(exp, os.path.join(split, "round_3")))
+
+
+def test_dno_round_with_teacher_candidates_and_soft_labels(tmp_path, tfds_dir, online_start):
+  """DNO's options: the data's chosen response joins the K samples as a candidate (DNO-Prct's
+  teacher), and each pair carries Alg. 1's soft label, which the loss then trains on."""
+  from data import synthetic
+
+  config = micro_online("dno", tfds_dir, rounds=1, teacher=True, soft_labels=True)
+  workdir = str(tmp_path)
+  seed_round_0(online_start, workdir)
+  rounds.iterate(config, workdir)
+  samples = _read(os.path.join(workdir, "round_1", "samples.json"))
+  assert all(len(c) == config.online.num_samples + 1 for c in samples["completions"])
+  scores = _read(os.path.join(workdir, "round_1", "scores.json"))
+  assert all(row[-1] == 1.0 for row in scores["correct"])  # the teacher sorts right
+  for prompt in samples["prompts"][:4]:
+    assert synthetic.verify(prompt["prompt"], prompt["teacher"])
+  rows = _read(os.path.join(workdir, "round_1", "rows.json"))
+  probs = [r["extras"]["preference_prob"] for r in rows]
+  assert all(0.5 < p <= 1 / (1 + math.exp(-1.0)) + 1e-6 for p in probs)
+  trained = [r for r in _lines(os.path.join(workdir, "round_1", "metrics.jsonl"))
+             if "loss" in r]
+  assert all(0.5 < r["dno/target"] < 1.0 for r in trained)  # the soft form ran

@@ -52,6 +52,7 @@ import os
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -276,8 +277,6 @@ def gpo_pairs(prompts, completions, scores: np.ndarray, loss_cfg) -> list[Tokeni
   (already on the logit scale, so τ = 1 here; `algorithms.gpo.gpo_targets`)."""
   from algorithms import gpo
 
-  import jax.numpy as jnp
-
   targets = jax.device_get(gpo.gpo_targets(jnp.asarray(scores), 1.0))
   per_response = (targets.score_targets if loss_cfg.gpo_loss_type == "sppo_score"
                   else targets.prob_targets)
@@ -303,8 +302,6 @@ def prime_rows(exp: Experiment, prm_params, ref_params, prompts, completions,
   update on this rollout (PRIME's `update=after`): the PRM carried over from the previous
   rollout, so they are 0 only in the very first rollout, where π_φ = π_ref = π_0.
   """
-  import jax.numpy as jnp
-
   from algorithms import prime
 
   config = exp.config
