@@ -47,7 +47,11 @@ def test_every_registered_loss_has_a_config_file():
   assert not missing, f"registered losses without configs/<name>.py: {missing}"
 
 
-@pytest.mark.parametrize("name", algorithms.registered_names())
+# Online losses run a whole round here; dno stands for them in the default suite (every one of
+# them trains in tests/test_rounds.py too), the others run under -m slow (the suite's budget).
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if n in ONLINE and n != "dno" else n
+    for n in algorithms.registered_names()])
 def test_config_trains_20_steps_without_nans(name, tmp_path, tfds_dir, online_start):
   config = importlib.import_module(f"configs.{name}").get_config("tiny")
   assert config.loss.name == name
