@@ -141,18 +141,24 @@ def sample_summary(results: dict[str, list[dict]]) -> dict:
   return summary
 
 
-def main_sample():
-  runs = sample_contestants()
+def alternate(runs: dict, describe) -> dict:
+  """{name: [result of each round]}: every contestant once a round, as its own process, in
+  an order reversed every other round; `describe(result)` is printed after each run."""
   names = list(runs)
   results = {name: [] for name in names}
   for round_index in range(_ROUNDS.value):
-    order = names if round_index % 2 == 0 else names[::-1]
-    for name in order:
+    for name in (names if round_index % 2 == 0 else names[::-1]):
       result = run_json(runs[name])
       results[name].append(result)
-      print(f"round {round_index + 1} {name:>12}: {result['tokens_per_s']:8.1f} tokens/s "
-            f"(prefill {result['prefill_s']:.3f} s, decode {result['decode_s']:.3f} s)",
-            flush=True)
+      print(f"round {round_index + 1} {name:>12}: {describe(result)}", flush=True)
+  return results
+
+
+def main_sample():
+  runs = sample_contestants()
+  results = alternate(runs, lambda r: f"{r['tokens_per_s']:8.1f} tokens/s (prefill "
+                      f"{r['prefill_s']:.3f} s, decode {r['decode_s']:.3f} s)")
+  names = list(runs)
   summary = sample_summary(results)
   for sampling, s in summary.items():
     print(f"{sampling:>7}: ours {s['ours_median_tokens_per_s']:8.1f}, hf "
@@ -178,14 +184,8 @@ def main(argv):
     return
   runs = contestants()
   names = list(runs)
-  rates = {name: [] for name in names}
-  for round_index in range(_ROUNDS.value):
-    order = names if round_index % 2 == 0 else names[::-1]
-    for name in order:
-      result = run_json(runs[name])
-      rates[name].append(result["tokens_per_s"])
-      print(f"round {round_index + 1} {name:>10}: {result['tokens_per_s']:8.1f} tokens/s",
-            flush=True)
+  rates = {name: [r["tokens_per_s"] for r in results] for name, results in
+           alternate(runs, lambda r: f"{r['tokens_per_s']:8.1f} tokens/s").items()}
   medians = {name: statistics.median(r) for name, r in rates.items()}
   ratios = {}
   for name in names[1:]:

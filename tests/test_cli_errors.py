@@ -17,9 +17,9 @@ from conftest import ROOT
 ENV = dict(os.environ, JAX_PLATFORMS="cpu")
 
 
-def run_cli(*args, workdir):
+def run_cli(*args, workdir, entry="experiments.train"):
   done = subprocess.run(
-      [sys.executable, "-m", "experiments.train", f"--workdir={workdir}", *args],
+      [sys.executable, "-m", entry, f"--workdir={workdir}", *args],
       cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=120)
   errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
   return done, errors
@@ -129,14 +129,6 @@ def test_errors_from_the_run_are_one_line(tmp_path):
       "(config.nonfinite='halt')", "exit code 1"], done.stderr[-3000:]
 
 
-def run_iterate(*args, workdir):
-  done = subprocess.run(
-      [sys.executable, "-m", "experiments.iterate", f"--workdir={workdir}", *args],
-      cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=120)
-  errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
-  return done, errors
-
-
 @pytest.mark.parametrize("flags, expected", [
     (["--config.online.scorer=gpt5"], ["config.online.scorer must be one of", "'gpt5'"]),
     (["--config.online.rounds=0"], ["config.online.rounds must be an integer >= 1, got 0"]),
@@ -148,7 +140,8 @@ def run_iterate(*args, workdir):
 def test_iterate_refuses_bad_online_values_before_compute(flags, expected, tmp_path):
   """experiments/iterate.py: one line naming the field, exit 2, nothing written."""
   workdir = tmp_path / "run"
-  done, errors = run_iterate("--config=configs/dno.py:tiny", *flags, workdir=workdir)
+  done, errors = run_cli("--config=configs/dno.py:tiny", *flags, workdir=workdir,
+                         entry="experiments.iterate")
   assert_refused(done, errors, *expected)
   assert not workdir.exists()
 

@@ -549,11 +549,14 @@ def evaluate_policy(exp: Experiment, oracle, verifier, prompts: list[dict],
   eos = int(exp.tokenizer.eos_id)
   both = [[r, b] for r, b in zip(responses, baseline)]
   cands = candidates(exp, prompts, both)
-  prefs = oracle.judge(cands).preferences[:, 0, 1]
+  judgement = oracle.judge(cands)
+  prefs = judgement.preferences[:, 0, 1]
   length = lambda ids: len(ids) - (ids[-1:] == [eos])  # noqa: E731
   accuracy = None
-  if verifier is not None:
-    accuracy = float(np.mean(verifier.judge(cands).correct[:, 0]))
+  if verifier is not None:  # the oracle's own verdict when the oracle is the verifier
+    correct = (judgement.correct if judgement.correct is not None
+               else verifier.judge(cands).correct)
+    accuracy = float(np.mean(correct[:, 0]))
   return win_rates.round_summary(prefs, np.asarray([length(r) for r in responses], np.float64),
                                  np.asarray([length(b) for b in baseline], np.float64),
                                  accuracy=accuracy)
