@@ -1,4 +1,4 @@
-"""Llama-family decoder models (Llama, Qwen2, Mistral) in Flax NNX.
+"""Decoder-only language models in Flax NNX (Llama, Qwen2/3, Mistral, Gemma 2/3, Phi-3, OLMo 2).
 
   ModelConfig            architecture hyper-parameters (+ HF config.json I/O)
   Transformer            the NNX model: logits, hidden_states, unembed

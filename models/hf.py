@@ -1,5 +1,8 @@
 """Hugging Face checkpoint import/export (safetensors, no torch needed).
 
+Families: Llama, Qwen2, Mistral, Qwen3, Gemma 2, Gemma 3 (text), Phi-3 and
+OLMo 2 (see models/config.py).
+
 `from_hf(path)` reads `config.json` plus `model.safetensors` or a sharded
 set (`model.safetensors.index.json`) written by `save_pretrained`, and
 returns a `Transformer`. `to_hf(model, path)` writes a directory that
@@ -14,7 +17,11 @@ Layout conversion (HF Linear weights are [out, in]; ours are [in, ...out]):
   o_proj.weight [D, N*H] <-> o_proj [N, H, D]
   gate/up.weight [F, D]  <-> [D, F];   down.weight [D, F] <-> [F, D]
   lm_head.weight [V, D]  <-> lm_head [D, V]
-  q/k/v_proj.bias [N*H]  <-> [N, H];   embeddings and norms unchanged.
+  q/k/v_proj.bias [N*H]  <-> [N, H];   embeddings and norms unchanged
+  q/k_norm.weight [N*H]  <-> [N, H]    (OLMo 2's norm over the projection)
+Phi-3 fuses projections into one HF tensor, split on import and fused on export:
+  qkv_proj.weight [(N + 2K)*H, D] = rows of q_proj, k_proj, v_proj
+  gate_up_proj.weight [2F, D]     = rows of gate_proj, up_proj
 """
 
 from __future__ import annotations
@@ -45,54 +52,101 @@ _OUR_FILES = re.compile(
 
 @dataclasses.dataclass(frozen=True)
 class _Entry:
-  """One HF tensor <-> one parameter of our model."""
+  """One HF tensor <-> one parameter of our model, or several (a fused tensor).
+
+  A fused tensor stacks its parts' HF layouts along the first axis (`rows`
+  each), as Phi-3's qkv_proj and gate_up_proj do.
+  """
 
   hf_name: str
-  path: tuple[Any, ...]  # key path in nnx.to_pure_dict(params)
+  paths: tuple[tuple[Any, ...], ...]  # key paths in nnx.to_pure_dict(params)
   hf_shape: tuple[int, ...]
   transpose: bool  # HF [out, in] Linear weight <-> ours [in, ...out]
+  rows: tuple[int, ...]  # HF rows of each part
 
-  def to_ours(self, w: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    return (w.T if self.transpose else w).reshape(shape)
+  def to_ours(self, w: np.ndarray, shapes) -> list[np.ndarray]:
+    """The HF tensor -> one array per path, of the given shapes."""
+    parts = np.split(w, np.cumsum(self.rows)[:-1], axis=0)
+    return [(p.T if self.transpose else p).reshape(s) for p, s in zip(parts, shapes)]
 
-  def to_hf(self, w: np.ndarray) -> np.ndarray:
-    if self.transpose:
-      return w.reshape(self.hf_shape[::-1]).T
-    return w.reshape(self.hf_shape)
+  def to_hf(self, ws: list[np.ndarray]) -> np.ndarray:
+    """One array per path -> the HF tensor."""
+    parts = []
+    for w, rows in zip(ws, self.rows):
+      shape = (rows,) + self.hf_shape[1:]
+      parts.append(w.reshape(shape[::-1]).T if self.transpose else w.reshape(shape))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+
+def _entry(hf_name, path, hf_shape, transpose) -> _Entry:
+  """A one-parameter entry."""
+  return _Entry(hf_name, (path,), tuple(hf_shape), transpose, (hf_shape[0],))
+
+
+def _fused(hf_name, paths, rows, d) -> _Entry:
+  """A Linear weight [sum(rows), d] fusing the parameters at `paths`."""
+  return _Entry(hf_name, tuple(paths), (sum(rows), d), True, tuple(rows))
 
 
 def _entries(cfg: ModelConfig) -> list[_Entry]:
   """The HF tensors of a model with this config, in save order."""
   v, d, f = cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size
-  nh, kh = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-  out = [_Entry('model.embed_tokens.weight', ('embedding',), (v, d), False)]
+  h = cfg.head_dim
+  nh, kh = cfg.num_heads * h, cfg.num_kv_heads * h
+  fused = cfg.architecture == 'phi3'
+  out = [_entry('model.embed_tokens.weight', ('embedding',), (v, d), False)]
   for i in range(cfg.num_layers):
     p = f'model.layers.{i}'
-    attn, mlp = ('layers', i, 'attn'), ('layers', i, 'mlp')
-    out += [
-        _Entry(f'{p}.input_layernorm.weight',
-               ('layers', i, 'input_norm', 'scale'), (d,), False),
-        _Entry(f'{p}.self_attn.q_proj.weight', attn + ('q_proj',), (nh, d), True),
-        _Entry(f'{p}.self_attn.k_proj.weight', attn + ('k_proj',), (kh, d), True),
-        _Entry(f'{p}.self_attn.v_proj.weight', attn + ('v_proj',), (kh, d), True),
-    ]
+    layer, attn, mlp = ('layers', i), ('layers', i, 'attn'), ('layers', i, 'mlp')
+    norm = lambda hf, ours: _entry(f'{p}.{hf}.weight', layer + (ours, 'scale'), (d,), False)
+    if cfg.norm_placement != 'post':
+      out.append(norm('input_layernorm', 'input_norm'))
+    if fused:
+      out.append(_fused(f'{p}.self_attn.qkv_proj.weight',
+                        [attn + ('q_proj',), attn + ('k_proj',), attn + ('v_proj',)],
+                        (nh, kh, kh), d))
+    else:
+      out += [
+          _entry(f'{p}.self_attn.q_proj.weight', attn + ('q_proj',), (nh, d), True),
+          _entry(f'{p}.self_attn.k_proj.weight', attn + ('k_proj',), (kh, d), True),
+          _entry(f'{p}.self_attn.v_proj.weight', attn + ('v_proj',), (kh, d), True),
+      ]
     if cfg.qkv_bias:
       out += [
-          _Entry(f'{p}.self_attn.q_proj.bias', attn + ('q_bias',), (nh,), False),
-          _Entry(f'{p}.self_attn.k_proj.bias', attn + ('k_bias',), (kh,), False),
-          _Entry(f'{p}.self_attn.v_proj.bias', attn + ('v_bias',), (kh,), False),
+          _entry(f'{p}.self_attn.q_proj.bias', attn + ('q_bias',), (nh,), False),
+          _entry(f'{p}.self_attn.k_proj.bias', attn + ('k_bias',), (kh,), False),
+          _entry(f'{p}.self_attn.v_proj.bias', attn + ('v_bias',), (kh,), False),
       ]
-    out += [
-        _Entry(f'{p}.self_attn.o_proj.weight', attn + ('o_proj',), (d, nh), True),
-        _Entry(f'{p}.post_attention_layernorm.weight',
-               ('layers', i, 'post_attn_norm', 'scale'), (d,), False),
-        _Entry(f'{p}.mlp.gate_proj.weight', mlp + ('gate_proj',), (f, d), True),
-        _Entry(f'{p}.mlp.up_proj.weight', mlp + ('up_proj',), (f, d), True),
-        _Entry(f'{p}.mlp.down_proj.weight', mlp + ('down_proj',), (d, f), True),
-    ]
-  out.append(_Entry('model.norm.weight', ('final_norm', 'scale'), (d,), False))
+    if cfg.qk_norm != 'none':
+      per_head = cfg.qk_norm == 'head'
+      out += [
+          _entry(f'{p}.self_attn.q_norm.weight', attn + ('q_norm', 'scale'),
+                 (h if per_head else nh,), False),
+          _entry(f'{p}.self_attn.k_norm.weight', attn + ('k_norm', 'scale'),
+                 (h if per_head else kh,), False),
+      ]
+    out.append(_entry(f'{p}.self_attn.o_proj.weight', attn + ('o_proj',), (d, nh), True))
+    if cfg.norm_placement == 'pre':
+      out.append(norm('post_attention_layernorm', 'post_attn_norm'))
+    else:
+      # Gemma and OLMo 2 call the norm on the attention output post_attention_layernorm.
+      out.append(norm('post_attention_layernorm', 'attn_out_norm'))
+    if cfg.norm_placement == 'sandwich':
+      out.append(norm('pre_feedforward_layernorm', 'post_attn_norm'))
+    if fused:
+      out.append(_fused(f'{p}.mlp.gate_up_proj.weight',
+                        [mlp + ('gate_proj',), mlp + ('up_proj',)], (f, f), d))
+    else:
+      out += [
+          _entry(f'{p}.mlp.gate_proj.weight', mlp + ('gate_proj',), (f, d), True),
+          _entry(f'{p}.mlp.up_proj.weight', mlp + ('up_proj',), (f, d), True),
+      ]
+    out.append(_entry(f'{p}.mlp.down_proj.weight', mlp + ('down_proj',), (d, f), True))
+    if cfg.norm_placement != 'pre':
+      out.append(norm('post_feedforward_layernorm', 'mlp_out_norm'))
+  out.append(_entry('model.norm.weight', ('final_norm', 'scale'), (d,), False))
   if not cfg.tie_word_embeddings:
-    out.append(_Entry('lm_head.weight', ('lm_head',), (v, d), True))
+    out.append(_entry('lm_head.weight', ('lm_head',), (v, d), True))
   return out
 
 
@@ -140,7 +194,7 @@ def load_hf_config(path: str, **overrides) -> ModelConfig:
 
 def from_hf(path: str, *, dtype=None, param_dtype=None,
             **overrides) -> Transformer:
-  """Loads a HF Llama / Qwen2 / Mistral safetensors checkpoint.
+  """Loads a HF safetensors checkpoint of a supported family (models/config.py).
 
   Args:
     path: directory with config.json and model.safetensors (or a sharded set
@@ -206,8 +260,9 @@ def from_hf(path: str, *, dtype=None, param_dtype=None,
         if not jnp.issubdtype(w.dtype, jnp.floating):
           raise ValueError(f'{fn}: tensor {e.hf_name} has non-float dtype '
                            f'{w.dtype}.')
-        w = e.to_ours(w, _get(shapes, e.path).shape)
-        _set(pure, e.path, jnp.asarray(w.astype(param_dtype_np)))
+        parts = e.to_ours(w, [_get(shapes, path).shape for path in e.paths])
+        for path, part in zip(e.paths, parts):
+          _set(pure, path, jnp.asarray(part.astype(param_dtype_np)))
   nnx.replace_by_pure_dict(state, pure)
   leftover = [x for x in jax.tree.leaves(state)
               if isinstance(x, jax.ShapeDtypeStruct)]
@@ -271,8 +326,9 @@ def to_hf(model: Transformer, path: str, *, dtype=None,
     fn = SINGLE_FILE if n == 1 else f'model-{i + 1:05d}-of-{n:05d}.safetensors'
     tensors = {}
     for e in shard:
-      w = np.asarray(jax.device_get(_get(params, e.path))).astype(out_dtype)
-      tensors[e.hf_name] = np.ascontiguousarray(e.to_hf(w))
+      ws = [np.asarray(jax.device_get(_get(params, path))).astype(out_dtype)
+            for path in e.paths]
+      tensors[e.hf_name] = np.ascontiguousarray(e.to_hf(ws))
       weight_map[e.hf_name] = fn
       total += tensors[e.hf_name].nbytes
     save_file(tensors, os.path.join(path, fn), metadata={'format': 'pt'})

@@ -5,15 +5,19 @@ point is speed on XLA:CPU, whose autodiff backward fuses the elementwise derivat
 transposing copies that run as strided loops (see docs/performance.md). Written out, the
 backward is a handful of plain GEMMs and one elementwise pass each.
 
-SwiGLU MLP, x [M, D] (any leading dims), y = (silu(x·Wg) ⊙ (x·Wu))·Wd with g = x·Wg,
-u = x·Wu, σ = sigmoid(g), silu(g) = g·σ, silu'(g) = σ·(1 + g·(1 − σ)):
+Gated MLP, x [M, D] (any leading dims), y = (a(x·Wg) ⊙ (x·Wu))·Wd with g = x·Wg, u = x·Wu
+and the activation a = silu (SwiGLU) or tanh-approximated GELU (GeGLU, Gemma):
 
     da  = dy·Wdᵀ
-    dg  = da ⊙ u ⊙ silu'(g)          du  = da ⊙ silu(g)
+    dg  = da ⊙ u ⊙ a'(g)             du  = da ⊙ a(g)
     dx  = dg·Wgᵀ + du·Wuᵀ
-    dWg = xᵀ·dg    dWu = xᵀ·du    dWd = (silu(g) ⊙ u)ᵀ·dy
+    dWg = xᵀ·dg    dWu = xᵀ·du    dWd = (a(g) ⊙ u)ᵀ·dy
 
-Causal attention, per head: S = c·Q·Kᵀ (c = H^-1/2, masked to −∞), P = softmax(S), O = P·V.
+    silu(g) = g·σ(g),                     silu'(g) = σ·(1 + g·(1 − σ))
+    gelu(g) = g·(1 + tanh z)/2,  z = c·(g + 0.044715·g³),  c = √(2/π)
+    gelu'(g) = (1 + tanh z)/2 + g·(1 − tanh² z)·c·(1 + 3·0.044715·g²)/2
+
+Causal attention, per head: S = c·Q·Kᵀ (c = H^-1/2 unless given, masked to −∞), P = softmax(S), O = P·V.
 With δ = rowsum(dO ⊙ O) (= rowsum(P ⊙ dP)):
 
     dV = Pᵀ·dO    dP = dO·Vᵀ    dS = P ⊙ (dP − δ)  (0 where masked)
@@ -31,6 +35,7 @@ padding and segments inside it are honoured as given.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -44,37 +49,69 @@ _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 # SwiGLU.
 
 
+_GELU_C = math.sqrt(2 / math.pi)
+
+
+def _activation(name: str, g):
+  """a(g) of a gated MLP; `name` is the HF name ('silu' | 'gelu_pytorch_tanh')."""
+  if name == 'silu':
+    return jax.nn.silu(g)
+  if name == 'gelu_pytorch_tanh':
+    return jax.nn.gelu(g, approximate=True)
+  raise ValueError(f'unknown activation {name!r}')
+
+
+def _activation_and_grad(name: str, g):
+  """(a(g), a'(g)) elementwise (module doc)."""
+  if name == 'silu':
+    sig = jax.nn.sigmoid(g)
+    return g * sig, sig * (1 + g * (1 - sig))
+  tanh = jnp.tanh(_GELU_C * (g + 0.044715 * g ** 3))
+  act = 0.5 * g * (1 + tanh)
+  grad = 0.5 * (1 + tanh) + 0.5 * g * (1 - tanh * tanh) * _GELU_C * (1 + 3 * 0.044715 * g * g)
+  return act, grad
+
+
+def gated_mlp_reference(x, wg, wu, wd, activation: str = 'silu'):
+  """(a(x·Wg) ⊙ x·Wu)·Wd, differentiated by autodiff."""
+  return (_activation(activation, x @ wg) * (x @ wu)) @ wd
+
+
 def swiglu_reference(x, wg, wu, wd):
   """(silu(x·Wg) ⊙ x·Wu)·Wd, differentiated by autodiff."""
-  return (jax.nn.silu(x @ wg) * (x @ wu)) @ wd
+  return gated_mlp_reference(x, wg, wu, wd, 'silu')
 
 
-@jax.custom_vjp
-def swiglu(x, wg, wu, wd):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def gated_mlp(x, wg, wu, wd, activation: str = 'silu'):
   """x [..., D], wg/wu [D, F], wd [F, D] -> [..., D]; hand-written backward (module doc)."""
-  return swiglu_reference(x, wg, wu, wd)
+  return gated_mlp_reference(x, wg, wu, wd, activation)
 
 
-def _swiglu_fwd(x, wg, wu, wd):
+def swiglu(x, wg, wu, wd):
+  """`gated_mlp` with SiLU (SwiGLU)."""
+  return gated_mlp(x, wg, wu, wd, 'silu')
+
+
+def _gated_mlp_fwd(x, wg, wu, wd, activation):
   g, u = x @ wg, x @ wu
-  return (jax.nn.silu(g) * u) @ wd, (x, g, u, wg, wu, wd)
+  return (_activation(activation, g) * u) @ wd, (x, g, u, wg, wu, wd)
 
 
-def _swiglu_bwd(res, dy):
+def _gated_mlp_bwd(activation, res, dy):
   x, g, u, wg, wu, wd = res
-  sig = jax.nn.sigmoid(g)
-  silu = g * sig
+  act, act_grad = _activation_and_grad(activation, g)
   da = dy @ wd.T
-  dg = da * u * (sig * (1 + g * (1 - sig)))
-  du = da * silu
+  dg = da * u * act_grad
+  du = da * act
   dx = dg @ wg.T + du @ wu.T
   # Weight gradients contract over every token: flatten the leading dims to one.
   flat = lambda a: a.reshape(-1, a.shape[-1])
   x2, dg2, du2, dy2 = flat(x), flat(dg), flat(du), flat(dy)
-  return dx, x2.T @ dg2, x2.T @ du2, flat(silu * u).T @ dy2
+  return dx, x2.T @ dg2, x2.T @ du2, flat(act * u).T @ dy2
 
 
-swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+gated_mlp.defvjp(_gated_mlp_fwd, _gated_mlp_bwd)
 
 
 # ----------------------------------------------------------------------------
@@ -87,31 +124,43 @@ def _blocks(num_queries: int, num_blocks: int) -> list[tuple[int, int]]:
   return [(r0, min(r0 + size, num_queries)) for r0 in range(0, num_queries, size)]
 
 
-def attention_reference(q, k, v, mask):
+def soft_cap(x, cap: float | None):
+  """cap·tanh(x / cap), or x when cap is None (Gemma 2's logit soft-capping)."""
+  return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+def attention_reference(q, k, v, mask, *, scale: float | None = None,
+                        softcap: float | None = None):
   """Grouped-query attention differentiated by autodiff (the model's plain formula).
 
   q [B, T, K, G, H], k/v [B, S, K, H], mask [B or 1, T, S] bool -> [B, T, K, G, H].
+  `scale` multiplies q·k (default H^-1/2); `softcap` soft-caps the scaled scores before
+  the mask (Gemma 2, arXiv 2408.00118).
   """
+  scale = q.shape[-1] ** -0.5 if scale is None else scale
   scores = jnp.einsum('btkgh,bskh->bkgts', q, k,
-                      preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
+                      preferred_element_type=jnp.float32) * scale
+  scores = soft_cap(scores, softcap)
   scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
   probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
   return jnp.einsum('bkgts,bskh->btkgh', probs, v)
 
 
-def attention(q, k, v, mask, num_blocks: int = 1):
+def attention(q, k, v, mask, num_blocks: int = 1, *, scale: float | None = None):
   """Causal grouped-query attention with a hand-written backward (module doc).
 
   Shapes as `attention_reference` with T <= S; the queries are the last T key positions and
-  `mask` must be causal in that sense (query t never sees key s > S − T + t).
+  `mask` must be causal in that sense (query t never sees key s > S − T + t; a sliding
+  window only removes keys). `scale` multiplies q·k (default H^-1/2).
   Inside, the layouts are head-major ([B, K, G, T, H], [B, K, S, H]): one transpose each
   way, after which every block's GEMMs batch over contiguous leading dims (≈5% faster on
   the bench_tiny step than einsums on the token-major layout).
   A query that sees no key at all (left padding) averages the values of its block's keys
   rather than of all keys; such rows are padding and never read.
   """
+  scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
   out = _attention(q.transpose(0, 2, 3, 1, 4), k.transpose(0, 2, 1, 3),
-                   v.transpose(0, 2, 1, 3), mask, num_blocks)
+                   v.transpose(0, 2, 1, 3), mask, num_blocks, scale)
   return out.transpose(0, 3, 1, 2, 4)
 
 
@@ -129,14 +178,13 @@ def _block_probs(q, k, mask, r0, r1, scale):
                         axis=-1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _attention(q, k, v, mask, num_blocks):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _attention(q, k, v, mask, num_blocks, scale):
   """q [B, K, G, T, H], k/v [B, K, S, H] -> [B, K, G, T, H]."""
-  return _attention_fwd(q, k, v, mask, num_blocks)[0]
+  return _attention_fwd(q, k, v, mask, num_blocks, scale)[0]
 
 
-def _attention_fwd(q, k, v, mask, num_blocks):
-  scale = q.shape[-1] ** -0.5
+def _attention_fwd(q, k, v, mask, num_blocks, scale):
   outs, probs = [], []
   for r0, r1 in _blocks(q.shape[3], num_blocks):
     p = _block_probs(q, k, mask, r0, r1, scale).astype(q.dtype)
@@ -151,9 +199,8 @@ def _pad_keys(x, num_keys):
   return jnp.pad(x, ((0, 0), (0, 0), (0, num_keys - x.shape[2]), (0, 0)))
 
 
-def _attention_bwd(num_blocks, res, dout):
+def _attention_bwd(num_blocks, scale, res, dout):
   q, k, v, mask, out, probs = res
-  scale = q.shape[-1] ** -0.5
   num_keys = k.shape[2]
   # δ = rowsum(dO ⊙ O) [B, K, G, T], in float32 like the scores.
   delta = jnp.einsum('bkgth,bkgth->bkgt', dout, out, preferred_element_type=jnp.float32)

@@ -1,9 +1,19 @@
-"""Llama-family decoder-only transformer in Flax NNX.
+"""The decoder-only transformer of every supported family, in Flax NNX.
 
-Covers Llama (1/2/3, with Llama-3 RoPE scaling), Qwen2 (q/k/v bias, tied
-embeddings) and Mistral (without sliding windows): RMSNorm, rotary position
-embeddings (HF "rotate-half" convention), grouped-query attention and a
-SwiGLU MLP, in pre-norm residual blocks.
+One module covers Llama (1/2/3, with Llama-3 RoPE scaling), Qwen2 (q/k/v
+bias, tied embeddings), Mistral, Qwen3 (QK-norm), Gemma 2 and Gemma 3
+(sandwich norms, (1 + w) RMSNorm, scaled embeddings, GeGLU, soft-capping,
+interleaved sliding-window / global layers, local / global RoPE bases),
+Phi-3 (LongRoPE, sliding windows) and OLMo 2 (post-norms, QK-norm over the
+whole projection): RMSNorm, rotary position embeddings (HF "rotate-half"
+convention), grouped-query attention and a gated MLP; `ModelConfig` holds
+the switches.
+
+References: Llama 2/3 (Touvron et al. 2023, arXiv 2307.09288; Grattafiori
+et al. 2024, arXiv 2407.21783), Qwen3 technical report (arXiv 2505.09388),
+Gemma 2 (Gemma Team 2024, arXiv 2408.00118), Gemma 3 technical report
+(arXiv 2503.19786), Phi-3 technical report (arXiv 2404.14219) and LongRoPE
+(Ding et al. 2024, arXiv 2402.13753), OLMo 2 (arXiv 2501.00656).
 
 Shape letters used in names and comments:
   B batch, T query length, S key length (= T, or the KV-cache length when
@@ -19,12 +29,19 @@ Parameter layouts (and their logical axes, see `models/partitioning.py`):
   layers[i].attn.q_bias   [N, H]     ('heads', 'head_dim')      (qkv_bias)
   layers[i].attn.k_bias   [K, H]     ('kv_heads', 'head_dim')   (qkv_bias)
   layers[i].attn.v_bias   [K, H]     ('kv_heads', 'head_dim')   (qkv_bias)
+  layers[i].attn.q_norm   [H] ('head_dim',) or [N, H]           (qk_norm)
+  layers[i].attn.k_norm   [H] ('head_dim',) or [K, H]           (qk_norm)
   layers[i].attn.o_proj   [N, H, D]  ('heads', 'head_dim', 'embed')
   layers[i].mlp.gate_proj [D, F]     ('embed', 'mlp')
   layers[i].mlp.up_proj   [D, F]     ('embed', 'mlp')
   layers[i].mlp.down_proj [F, D]     ('mlp', 'embed')
   *_norm.scale            [D]        ('norm',)
   lm_head                 [D, V]     ('embed', 'vocab')   (untied only)
+
+A block's norms are named by role: `input_norm` before attention,
+`attn_out_norm` on the attention output, `post_attn_norm` before the MLP
+(HF Llama's post_attention_layernorm, Gemma's pre_feedforward_layernorm),
+`mlp_out_norm` on the MLP output; `norm_placement` decides which exist.
 """
 
 from __future__ import annotations
@@ -33,6 +50,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from models import kernels
@@ -48,36 +66,72 @@ def _param(rngs: nnx.Rngs, shape, dtype, logical_axes) -> nnx.Param:
 
 
 class RMSNorm(nnx.Module):
-  """RMSNorm with a learned scale, computed in float32 like HF."""
+  """RMSNorm with a learned weight, normalising in float32 like HF.
 
-  def __init__(self, config: ModelConfig):
+  Normalises over the weight's axes (the last one, or the last two for
+  OLMo 2's norm over a whole [N, H] projection); `config.rms_norm_style`
+  decides how the weight is applied (see models/config.py).
+  """
+
+  def __init__(self, config: ModelConfig, shape: tuple[int, ...] | None = None,
+               logical_axes: tuple[str, ...] = ('norm',)):
+    shape = shape or (config.hidden_size,)
     self.eps = config.rms_norm_eps
     self.dtype = config.compute_dtype
-    self.scale = nnx.Param(
-        jnp.ones((config.hidden_size,), config.params_dtype),
-        logical_axes=('norm',),
-    )
+    self.style = config.rms_norm_style
+    self.axes = tuple(range(-len(shape), 0))
+    # Gemma stores w with the norm computing (1 + w): w starts at 0.
+    init = jnp.zeros if self.style == 'gemma' else jnp.ones
+    self.scale = nnx.Param(init(shape, config.params_dtype),
+                           logical_axes=logical_axes)
 
   def __call__(self, x):  # [..., D] -> [..., D] compute dtype
     x32 = x.astype(jnp.float32)
-    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-    normed = (x32 * jax.lax.rsqrt(var + self.eps)).astype(self.dtype)
-    # HF casts back to the input dtype *before* the scale multiply.
-    return normed * self.scale[...].astype(self.dtype)
+    var = jnp.mean(jnp.square(x32), axis=self.axes, keepdims=True)
+    normed = x32 * jax.lax.rsqrt(var + self.eps)
+    if self.style == 'llama':
+      # HF Llama casts back to the input dtype *before* the scale multiply.
+      return normed.astype(self.dtype) * self.scale[...].astype(self.dtype)
+    # Gemma and OLMo 2 multiply in float32, then cast.
+    w = self.scale[...].astype(jnp.float32)
+    if self.style == 'gemma':
+      w = 1.0 + w
+    return (normed * w).astype(self.dtype)
 
 
 # ----------------------------------------------------------------------------
 # Rotary position embeddings.
 
 
-def rope_inv_freq(config: ModelConfig) -> jax.Array:
-  """Inverse frequencies [H // 2] float32, with optional Llama-3 scaling."""
+def _plain_inv_freq(theta: float, h: int) -> jax.Array:
+  return 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+
+
+def rope_inv_freq(config: ModelConfig, layer_type: str = 'full_attention',
+                  long_context: bool = False) -> jax.Array:
+  """Inverse frequencies [H // 2] float32 of `layer_type` layers.
+
+  Sliding-window layers with `rope_local_theta` (Gemma 3) use plain RoPE of
+  that base; other layers use `rope_theta` and `rope_scaling`. For LongRoPE,
+  `long_context` picks the long factors (see `rope_cos_sin_for`).
+  """
   h = config.head_dim
-  inv_freq = 1.0 / (
-      config.rope_theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+  if layer_type == 'sliding_attention' and config.rope_local_theta is not None:
+    return _plain_inv_freq(config.rope_local_theta, h)
   rs = config.rope_scaling
+  if rs is not None and rs['rope_type'] == 'longrope':
+    # LongRoPE (Ding et al. 2024): one rescale factor per frequency, searched
+    # separately for short and long contexts.
+    factors = jnp.asarray(rs['long_factor' if long_context else 'short_factor'],
+                          jnp.float32)
+    exponents = jnp.arange(0, h, 2, dtype=jnp.float32) / h
+    return 1.0 / (factors * config.rope_theta ** exponents)
+  inv_freq = _plain_inv_freq(config.rope_theta, h)
   if rs is None:
     return inv_freq
+  if rs['rope_type'] == 'linear':
+    # Position interpolation (Chen et al. 2023, arXiv 2306.15595): positions / factor.
+    return inv_freq / rs['factor']
   # Llama 3.1: keep high frequencies, divide low frequencies by `factor`,
   # and interpolate smoothly in between (wavelength measured in tokens).
   factor = rs['factor']
@@ -89,6 +143,26 @@ def rope_inv_freq(config: ModelConfig) -> jax.Array:
   smoothed = (1 - smooth) * scaled / factor + smooth * scaled
   is_medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
   return jnp.where(is_medium, smoothed, scaled)
+
+
+def rope_attention_factor(config: ModelConfig, layer_type: str = 'full_attention') -> float:
+  """The factor on cos and sin: 1, except LongRoPE's sqrt(1 + ln s / ln L).
+
+  s = factor, or max_position_embeddings / original_max_position_embeddings
+  when the config gives none; L = original_max_position_embeddings (Phi-3
+  technical report; transformers' `_compute_longrope_parameters`).
+  """
+  rs = config.rope_scaling
+  if (rs is None or rs['rope_type'] != 'longrope'
+      or (layer_type == 'sliding_attention' and config.rope_local_theta is not None)):
+    return 1.0
+  if 'attention_factor' in rs:
+    return rs['attention_factor']
+  original = rs['original_max_position_embeddings']
+  factor = rs.get('factor', config.max_position_embeddings / original)
+  if factor <= 1.0:
+    return 1.0
+  return math.sqrt(1 + math.log(factor) / math.log(original))
 
 
 def rope_cos_sin(positions, inv_freq):
@@ -115,6 +189,43 @@ def rope_cos_sin_table(positions, inv_freq, num_positions: int):
           jnp.take(sin[0], positions, axis=0, mode='clip'))
 
 
+def rope_cos_sin_for(config: ModelConfig, layer_type: str, positions, *,
+                     num_positions: int | None = None, valid=None):
+  """(cos, sin) [B, T, H] float32 of `layer_type` layers at positions [B, T].
+
+  Args:
+    config: the model config.
+    layer_type: one of LAYER_TYPES.
+    positions: [B, T] int positions.
+    num_positions: if given, positions lie in [0, num_positions): look cos and
+      sin up in tables (`rope_cos_sin_table`).
+    valid: optional [B, T] mask of the real tokens (LongRoPE only: padding
+      positions do not count towards the context length).
+
+  LongRoPE picks its long factors for the whole call when the largest
+  position + 1 exceeds original_max_position_embeddings, as transformers does
+  per forward (so a batch's longest row decides for every row, and a KV cache
+  filled with short factors keeps them).
+  """
+  rs = config.rope_scaling
+  if (rs is not None and rs['rope_type'] == 'longrope'
+      and not (layer_type == 'sliding_attention' and config.rope_local_theta is not None)):
+    pos = positions if valid is None else jnp.where(valid != 0, positions, 0)
+    is_long = jnp.max(pos) + 1 > rs['original_max_position_embeddings']
+    inv_freq = jnp.where(is_long, rope_inv_freq(config, layer_type, True),
+                         rope_inv_freq(config, layer_type, False))
+  else:
+    inv_freq = rope_inv_freq(config, layer_type)
+  if num_positions is None:
+    cos, sin = rope_cos_sin(positions, inv_freq)
+  else:
+    cos, sin = rope_cos_sin_table(positions, inv_freq, num_positions)
+  factor = rope_attention_factor(config, layer_type)
+  if factor != 1.0:
+    cos, sin = cos * factor, sin * factor
+  return cos, sin
+
+
 def apply_rope(x, cos, sin):
   """x [B, T, heads, H]; cos/sin [B, T, H] -> rotated x (same dtype)."""
   x1, x2 = jnp.split(x, 2, axis=-1)
@@ -129,7 +240,7 @@ def apply_rope(x, cos, sin):
 
 
 class Attention(nnx.Module):
-  """Causal grouped-query self-attention with RoPE."""
+  """Causal grouped-query self-attention with RoPE (optional QK-norm, soft-capping)."""
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     d, n, k, h = (config.hidden_size, config.num_heads, config.num_kv_heads,
@@ -137,7 +248,10 @@ class Attention(nnx.Module):
     pdt = config.params_dtype
     self.num_kv_heads = k
     self.dtype = config.compute_dtype
-    self.impl = config.attention_impl
+    self.scale = config.attention_scale
+    self.softcap = config.attn_logit_softcapping
+    # The custom-VJP kernel has no soft-capping: Gemma 2 layers take the autodiff formula.
+    self.impl = config.attention_impl if self.softcap is None else 'autodiff'
     self.query_blocks = config.attention_query_blocks
     self.q_proj = _param(rngs, (d, n, h), pdt, ('embed', 'heads', 'head_dim'))
     self.k_proj = _param(rngs, (d, k, h), pdt, ('embed', 'kv_heads', 'head_dim'))
@@ -152,6 +266,16 @@ class Attention(nnx.Module):
                               logical_axes=('kv_heads', 'head_dim'))
     else:
       self.q_bias = self.k_bias = self.v_bias = None
+    if config.qk_norm == 'head':
+      # Qwen3 / Gemma 3: one [H] weight, each head normalised on its own.
+      self.q_norm = RMSNorm(config, (h,), ('head_dim',))
+      self.k_norm = RMSNorm(config, (h,), ('head_dim',))
+    elif config.qk_norm == 'projection':
+      # OLMo 2: statistics over the whole N·H (K·H) projection.
+      self.q_norm = RMSNorm(config, (n, h), ('heads', 'head_dim'))
+      self.k_norm = RMSNorm(config, (k, h), ('kv_heads', 'head_dim'))
+    else:
+      self.q_norm = self.k_norm = None
 
   def _project(self, x, w, b):
     """x [B, T, D] @ w [D, heads, H] (+ b [heads, H]) -> [B, T, heads, H]."""
@@ -165,6 +289,8 @@ class Attention(nnx.Module):
     q = self._project(x, self.q_proj, self.q_bias)
     k = self._project(x, self.k_proj, self.k_bias)
     v = self._project(x, self.v_proj, self.v_bias)
+    if self.q_norm is not None:
+      q, k = self.q_norm(q), self.k_norm(k)  # before RoPE, as in HF
     q = apply_rope(q, cos, sin)  # [B, T, N, H]
     k = apply_rope(k, cos, sin)  # [B, T, K, H]
     b, t, n, h = q.shape
@@ -184,9 +310,10 @@ class Attention(nnx.Module):
     # Scores and softmax in float32 (stable even with bf16 compute), masked
     # with a finite minimum; see models/kernels.py for both variants.
     if self.impl == 'custom_vjp':
-      out = kernels.attention(q, k, v, mask, self.query_blocks)
+      out = kernels.attention(q, k, v, mask, self.query_blocks, scale=self.scale)
     else:
-      out = kernels.attention_reference(q, k, v, mask)  # [B, T, K, G, H]
+      out = kernels.attention_reference(q, k, v, mask, scale=self.scale,
+                                        softcap=self.softcap)  # [B, T, K, G, H]
     return self._output(out)
 
   def __call__(self, x, cos, sin, mask):
@@ -242,7 +369,8 @@ class Attention(nnx.Module):
     v_cache = jax.lax.dynamic_update_slice(v_cache, head_major(v), start)
     # kernels.attention_reference's formula on the head-major cache.
     scores = jnp.einsum('btkgh,bksh->bkgts', q, k_cache,
-                        preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
+                        preferred_element_type=jnp.float32) * self.scale
+    scores = kernels.soft_cap(scores, self.softcap)
     scores = jnp.where(mask[:, None, None, :, :], scores, kernels._MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
     out = jnp.einsum('bkgts,bksh->bkgth', probs, v_cache)  # [B, K, G, T, H]
@@ -256,13 +384,14 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-  """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+  """Gated feed-forward: down(act(gate(x)) * up(x)); SwiGLU, or GeGLU for Gemma."""
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     d, f = config.hidden_size, config.intermediate_size
     pdt = config.params_dtype
     self.dtype = config.compute_dtype
     self.impl = config.mlp_impl
+    self.activation = config.hidden_act
     self.gate_proj = _param(rngs, (d, f), pdt, ('embed', 'mlp'))
     self.up_proj = _param(rngs, (d, f), pdt, ('embed', 'mlp'))
     self.down_proj = _param(rngs, (f, d), pdt, ('mlp', 'embed'))
@@ -272,36 +401,57 @@ class MLP(nnx.Module):
     weights = (self.gate_proj[...].astype(dt), self.up_proj[...].astype(dt),
                self.down_proj[...].astype(dt))
     if self.impl == 'custom_vjp':
-      return kernels.swiglu(x, *weights)
-    return kernels.swiglu_reference(x, *weights)
+      return kernels.gated_mlp(x, *weights, self.activation)
+    return kernels.gated_mlp_reference(x, *weights, self.activation)
 
 
 class Block(nnx.Module):
-  """Pre-norm decoder block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  """Decoder block; `config.norm_placement` decides which of its four norms exist.
+
+  'pre' (Llama):       x + attn(input_norm(x)), then x + mlp(post_attn_norm(x))
+  'sandwich' (Gemma):  x + attn_out_norm(attn(input_norm(x))),
+                       then x + mlp_out_norm(mlp(post_attn_norm(x)))
+  'post' (OLMo 2):     x + attn_out_norm(attn(x)), then x + mlp_out_norm(mlp(x))
+  """
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-    self.input_norm = RMSNorm(config)
+    placement = config.norm_placement
+    norm = lambda present: RMSNorm(config) if present else None
+    self.input_norm = norm(placement != 'post')
     self.attn = Attention(config, rngs=rngs)
-    self.post_attn_norm = RMSNorm(config)
+    self.attn_out_norm = norm(placement != 'pre')
+    self.post_attn_norm = norm(placement != 'post')
     self.mlp = MLP(config, rngs=rngs)
+    self.mlp_out_norm = norm(placement != 'pre')
+
+  @staticmethod
+  def _maybe(norm, x):
+    return x if norm is None else norm(x)
+
+  def _attn_in(self, x):
+    return self._maybe(self.input_norm, x)
+
+  def _add_attn(self, x, a):
+    return x + self._maybe(self.attn_out_norm, a)
+
+  def _mlp_residual(self, x):
+    return x + self._maybe(self.mlp_out_norm, self.mlp(self._maybe(self.post_attn_norm, x)))
 
   def __call__(self, x, cos, sin, mask):  # x [B, T, D] -> [B, T, D]
-    x = x + self.attn(self.input_norm(x), cos, sin, mask)
-    return x + self.mlp(self.post_attn_norm(x))
+    x = self._add_attn(x, self.attn(self._attn_in(x), cos, sin, mask))
+    return self._mlp_residual(x)
 
   def prefix_shared(self, prefix, suffix, rope, masks):
     """`__call__` on a shared prefix and its suffixes (see Attention.prefix_shared)."""
-    a_prefix, a_suffix = self.attn.prefix_shared(self.input_norm(prefix),
-                                                 self.input_norm(suffix), rope, masks)
-    prefix, suffix = prefix + a_prefix, suffix + a_suffix
-    return (prefix + self.mlp(self.post_attn_norm(prefix)),
-            suffix + self.mlp(self.post_attn_norm(suffix)))
+    a_prefix, a_suffix = self.attn.prefix_shared(self._attn_in(prefix),
+                                                 self._attn_in(suffix), rope, masks)
+    prefix, suffix = self._add_attn(prefix, a_prefix), self._add_attn(suffix, a_suffix)
+    return self._mlp_residual(prefix), self._mlp_residual(suffix)
 
   def cached(self, x, cos, sin, mask, cache, index):
     """`__call__` with a KV cache (see Attention.cached) -> (x, cache)."""
-    a, cache = self.attn.cached(self.input_norm(x), cos, sin, mask, cache, index)
-    x = x + a
-    return x + self.mlp(self.post_attn_norm(x)), cache
+    a, cache = self.attn.cached(self._attn_in(x), cos, sin, mask, cache, index)
+    return self._mlp_residual(self._add_attn(x, a)), cache
 
 
 def _run_block(block: Block, x, cos, sin, mask):
@@ -331,6 +481,18 @@ def make_attention_mask(seq_len: int, attention_mask=None, segment_ids=None):
   return mask
 
 
+def sliding_window_mask(query_positions, key_positions, window: int):
+  """[B, T, S] bool: True where key position > query position - window.
+
+  The positions are the RoPE positions (`default_positions`, or a packed row's
+  per-segment ones), so a window counts real tokens whatever the padding; on the
+  contiguous rows HF builds its masks for, that is its index rule
+  `kv_idx > q_idx - sliding_window`. Combine with a causal mask.
+  """
+  distance = query_positions[:, :, None] - key_positions[:, None, :]
+  return distance < window
+
+
 def default_positions(input_ids, attention_mask=None):
   """Positions [B, T] int32 counting real tokens only (0 on left padding).
 
@@ -349,7 +511,7 @@ def default_positions(input_ids, attention_mask=None):
 
 
 class Transformer(nnx.Module):
-  """Llama-family causal language model.
+  """Decoder-only causal language model (any family of models/config.py).
 
   Example:
     model = Transformer(config, rngs=nnx.Rngs(0))
@@ -366,6 +528,30 @@ class Transformer(nnx.Module):
     self.final_norm = RMSNorm(config)
     if not config.tie_word_embeddings:
       self.lm_head = _param(rngs, (d, v), pdt, ('embed', 'vocab'))
+
+  def _embed(self, ids):
+    """ids [B, T] -> [B, T, D] in the compute dtype."""
+    cfg = self.config
+    x = jnp.take(self.embedding[...], ids, axis=0).astype(cfg.compute_dtype)
+    if cfg.scale_embeddings:
+      # Gemma multiplies by sqrt(D) rounded to the compute dtype, as its reference does.
+      x = x * jnp.asarray(np.float32(math.sqrt(cfg.hidden_size)), cfg.compute_dtype)
+    return x
+
+  def _per_layer(self, rope_fn, mask, sliding_fn):
+    """Per layer (rope, mask): each layer type's RoPE and mask, computed once a type.
+
+    Args:
+      rope_fn: layer type -> that type's RoPE tables.
+      mask: the global layers' mask.
+      sliding_fn: mask -> the sliding-window layers' mask.
+    """
+    kinds = self.config.attention_types
+    ropes = {kind: rope_fn(kind) for kind in dict.fromkeys(kinds)}
+    masks = {'full_attention': mask}
+    if 'sliding_attention' in kinds:
+      masks['sliding_attention'] = sliding_fn(mask)
+    return [(ropes[kind], masks[kind]) for kind in kinds]
 
   def hidden_states(self, input_ids, *, attention_mask=None, positions=None,
                     segment_ids=None):
@@ -387,22 +573,25 @@ class Transformer(nnx.Module):
           'segment_ids requires explicit positions (restarting at 0 in '
           'each packed segment).')
     cfg = self.config
-    mask = make_attention_mask(input_ids.shape[1], attention_mask, segment_ids)
+    t = input_ids.shape[1]
+    mask = make_attention_mask(t, attention_mask, segment_ids)
+    # Default positions lie in [0, T): look cos/sin up in [T, H] tables (see
+    # rope_cos_sin_table for why this is faster on XLA:CPU).
+    table = t if positions is None else None
     if positions is None:
-      # Default positions lie in [0, T): look cos/sin up in [T, H] tables (see
-      # rope_cos_sin_table for why this is faster on XLA:CPU).
       positions = default_positions(input_ids, attention_mask)
-      cos, sin = rope_cos_sin_table(positions, rope_inv_freq(cfg), input_ids.shape[1])
-    else:
-      cos, sin = rope_cos_sin(positions, rope_inv_freq(cfg))
+    valid = attention_mask if segment_ids is None else segment_ids
+    per_layer = self._per_layer(
+        lambda kind: rope_cos_sin_for(cfg, kind, positions, num_positions=table,
+                                      valid=valid),
+        mask, lambda m: m & sliding_window_mask(positions, positions, cfg.sliding_window))
 
-    x = jnp.take(self.embedding[...], input_ids, axis=0)  # [B, T, D]
-    x = x.astype(cfg.compute_dtype)
+    x = self._embed(input_ids)  # [B, T, D]
     # nnx.remat recomputes a block's activations in the backward pass
     # instead of storing them: memory per block drops to its input.
     block_fn = nnx.remat(_run_block) if cfg.remat == 'block' else _run_block
-    for block in self.layers:
-      x = block_fn(block, x, cos, sin, mask)
+    for block, ((cos, sin), layer_mask) in zip(self.layers, per_layer):
+      x = block_fn(block, x, cos, sin, layer_mask)
     return self.final_norm(x)
 
   def prefix_shared_hidden_states(self, prefix_ids, prefix_mask, suffix_ids, suffix_mask):
@@ -412,8 +601,9 @@ class Transformer(nnx.Module):
     chosen, then its rejected completion). The prefix runs through the model once instead
     of R times; each suffix attends to its prefix's keys and values, then causally to its
     own. The values equal `hidden_states` of the concatenated sequences (same positions,
-    same mask) up to float rounding: "prefix sharing" (Wang et al. 2024, "Accelerating
-    Direct Preference Optimization with Prefix Sharing", arXiv 2410.20305).
+    same mask, sliding windows included) up to float rounding: "prefix sharing" (Wang et
+    al. 2024, "Accelerating Direct Preference Optimization with Prefix Sharing", arXiv
+    2410.20305).
 
     Args:
       prefix_ids: [B, P] int, right-padded: row b's prefix is its first sum(prefix_mask[b])
@@ -432,21 +622,35 @@ class Transformer(nnx.Module):
     prefix_len = jnp.sum(prefix_mask != 0, axis=1).astype(jnp.int32)  # [B]
     prefix_pos = default_positions(prefix_ids, prefix_mask)  # [B, P]
     suffix_pos = jnp.tile(prefix_len, repeats)[:, None] + jnp.arange(c, dtype=jnp.int32)
-    inv_freq = rope_inv_freq(cfg)
-    rope = (rope_cos_sin_table(prefix_pos, inv_freq, p + c),
-            rope_cos_sin_table(suffix_pos, inv_freq, p + c))
+    # LongRoPE's context length is the longest real sequence, prefix and suffix together.
+    valid = jnp.concatenate([jnp.tile(prefix_mask, (repeats, 1)), suffix_mask], axis=1)
+    all_pos = jnp.concatenate([jnp.tile(prefix_pos, (repeats, 1)), suffix_pos], axis=1)
+
+    def rope(kind):
+      if cfg.rope_scaling is not None and cfg.rope_scaling['rope_type'] == 'longrope':
+        # One long/short choice for prefix and suffixes (the full sequences').
+        cos, sin = rope_cos_sin_for(cfg, kind, all_pos, valid=valid)
+        return ((cos[:batch, :p], sin[:batch, :p]), (cos[:, p:], sin[:, p:]))
+      return (rope_cos_sin_for(cfg, kind, prefix_pos, num_positions=p + c),
+              rope_cos_sin_for(cfg, kind, suffix_pos, num_positions=p + c))
+
     prefix_keys = jnp.tile(prefix_mask != 0, (repeats, 1))[:, None, :]  # [R*B, 1, P]
     suffix_causal = make_attention_mask(c, suffix_mask)  # [R*B, C, C]
     masks = (make_attention_mask(p, prefix_mask),
              jnp.concatenate([jnp.broadcast_to(prefix_keys, (rows, c, p)), suffix_causal],
                              axis=2))  # [R*B, C, P + C]
 
-    embed = lambda ids: jnp.take(self.embedding[...], ids, axis=0).astype(cfg.compute_dtype)
-    prefix, suffix = embed(prefix_ids), embed(suffix_ids)
+    def sliding(masks):
+      window = cfg.sliding_window
+      return (masks[0] & sliding_window_mask(prefix_pos, prefix_pos, window),
+              masks[1] & sliding_window_mask(suffix_pos, all_pos, window))
+
+    per_layer = self._per_layer(rope, masks, sliding)
+    prefix, suffix = self._embed(prefix_ids), self._embed(suffix_ids)
     block_fn = (nnx.remat(_run_block_prefix_shared) if cfg.remat == 'block'
                 else _run_block_prefix_shared)
-    for block in self.layers:
-      prefix, suffix = block_fn(block, prefix, suffix, rope, masks)
+    for block, (layer_rope, layer_masks) in zip(self.layers, per_layer):
+      prefix, suffix = block_fn(block, prefix, suffix, layer_rope, layer_masks)
     return self.final_norm(prefix), self.final_norm(suffix)
 
   # --------------------------------------------------------------------------
@@ -457,6 +661,7 @@ class Transformer(nnx.Module):
 
     A plain tuple pytree (not NNX state), so it can be carried through
     `jax.lax.scan` / `while_loop` and handed back by `cached_hidden_states`.
+    Sliding-window layers keep every slot too and mask the old ones out.
     """
     cfg = self.config
     shape = (batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
@@ -470,7 +675,10 @@ class Transformer(nnx.Module):
     The tokens occupy cache slots [index, index + T). New token t (slot
     index + t) attends to slot s iff s <= index + t and key_mask[b, s]: the
     same causal, key-padded mask as `hidden_states`, so prefilling a prompt
-    and then feeding one token per call reproduces the full forward.
+    and then feeding one token per call reproduces the full forward. In
+    sliding-window layers, slot s must also hold a position within the
+    window, slot positions counting the real slots (cumsum(key_mask) - 1, as
+    `default_positions` counts them in training).
 
     Args:
       input_ids: [B, T] int token ids.
@@ -490,25 +698,29 @@ class Transformer(nnx.Module):
     query_slots = index + jnp.arange(t)
     mask = (slots[None, :] <= query_slots[:, None])[None]  # [1, T, S]
     mask = mask & (key_mask[:, None, :] != 0)  # [B, T, S]
-    cos, sin = rope_cos_sin(positions, rope_inv_freq(cfg))
-    x = jnp.take(self.embedding[...], input_ids, axis=0)
-    x = x.astype(cfg.compute_dtype)  # [B, T, D]
+    slot_positions = default_positions(key_mask, key_mask)  # [B, S]
+    per_layer = self._per_layer(
+        lambda kind: rope_cos_sin_for(cfg, kind, positions),
+        mask, lambda m: m & sliding_window_mask(positions, slot_positions, cfg.sliding_window))
+    x = self._embed(input_ids)  # [B, T, D]
     new_cache = []
-    for block, layer_cache in zip(self.layers, cache):
-      x, layer_cache = block.cached(x, cos, sin, mask, layer_cache, index)
+    for block, layer_cache, ((cos, sin), layer_mask) in zip(self.layers, cache, per_layer):
+      x, layer_cache = block.cached(x, cos, sin, layer_mask, layer_cache, index)
       new_cache.append(layer_cache)
     return self.final_norm(x), tuple(new_cache)
 
   def unembed(self, h):
-    """Hidden states [..., D] -> logits [..., V] float32."""
+    """Hidden states [..., D] -> logits [..., V] float32 (soft-capped for Gemma 2)."""
     dt = self.config.compute_dtype
     if self.config.tie_word_embeddings:
       w = self.embedding[...].astype(dt)  # [V, D]
-      return jnp.einsum('...d,vd->...v', h.astype(dt), w,
-                        preferred_element_type=jnp.float32)
-    w = self.lm_head[...].astype(dt)  # [D, V]
-    return jnp.einsum('...d,dv->...v', h.astype(dt), w,
-                      preferred_element_type=jnp.float32)
+      logits = jnp.einsum('...d,vd->...v', h.astype(dt), w,
+                          preferred_element_type=jnp.float32)
+    else:
+      w = self.lm_head[...].astype(dt)  # [D, V]
+      logits = jnp.einsum('...d,dv->...v', h.astype(dt), w,
+                          preferred_element_type=jnp.float32)
+    return kernels.soft_cap(logits, self.config.final_logit_softcapping)
 
   def __call__(self, input_ids, *, attention_mask=None, positions=None,
                segment_ids=None):

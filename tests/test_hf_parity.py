@@ -14,7 +14,7 @@ torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
-from models import from_hf, to_hf  # noqa: E402
+from models import ModelConfig, from_hf, to_hf  # noqa: E402
 
 V = 96
 COMMON = dict(vocab_size=V, hidden_size=32, intermediate_size=64,
@@ -33,14 +33,20 @@ CASES = {
     # Qwen2: q/k/v bias, tied embeddings.
     'qwen2_tied': ('Qwen2Config', 'Qwen2ForCausalLM',
                    {'tie_word_embeddings': True}),
-    # Default sliding_window=4096 > max_position_embeddings: never in use.
+    # Default sliding_window=4096: every layer masked, but no sequence is that long
+    # (tests/test_model_families.py runs Mistral and Qwen2 with shorter windows).
     'mistral': ('MistralConfig', 'MistralForCausalLM', {}),
 }
 
 
 def make_hf_model(case: str, seed: int = 0):
   config_cls, model_cls, extra = CASES[case]
-  config = getattr(transformers, config_cls)(**COMMON, **extra)
+  return build_hf_model(config_cls, model_cls, dict(COMMON, **extra), seed)
+
+
+def build_hf_model(config_cls: str, model_cls: str, kwargs: dict, seed: int = 0):
+  """A transformers model of random tiny weights (norms and biases randomised too)."""
+  config = getattr(transformers, config_cls)(**kwargs)
   config._attn_implementation = 'eager'
   torch.manual_seed(seed)
   model = getattr(transformers, model_cls)(config).eval()
@@ -100,16 +106,21 @@ def assert_bitwise_equal(a, b):
   assert jax.tree.structure(a) == jax.tree.structure(b)
 
 
+def save_checkpoints(tmp_path_factory, names, make) -> dict:
+  """name -> (torch model `make(name)`, directory written by save_pretrained)."""
+  out = {}
+  for name in names:
+    model = make(name)
+    path = str(tmp_path_factory.mktemp(name))
+    model.save_pretrained(path, safe_serialization=True)
+    out[name] = (model, path)
+  return out
+
+
 @pytest.fixture(scope='module')
 def hf_checkpoints(tmp_path_factory):
   """case -> (torch model, directory written by save_pretrained)."""
-  out = {}
-  for case in CASES:
-    model = make_hf_model(case)
-    path = str(tmp_path_factory.mktemp(case))
-    model.save_pretrained(path, safe_serialization=True)
-    out[case] = (model, path)
-  return out
+  return save_checkpoints(tmp_path_factory, CASES, make_hf_model)
 
 
 @pytest.mark.parametrize('case', list(CASES))
@@ -250,8 +261,47 @@ def test_unexpected_and_misshaped_tensor_errors(hf_checkpoints, tmp_path):
   assert fn in str(e.value)
 
 
-def test_sliding_window_in_use_is_rejected(tmp_path):
-  config = transformers.MistralConfig(**COMMON, sliding_window=8)
-  config.save_pretrained(str(tmp_path))
-  with pytest.raises(ValueError, match='sliding_window=8'):
-    from_hf(str(tmp_path))
+def _hf_attention_types(config):
+  """The layer types a transformers 5 Mistral / Qwen2 model runs with."""
+  if isinstance(config, transformers.MistralConfig):
+    # MistralModel masks every layer whenever sliding_window is set
+    # (models/mistral/modeling_mistral.py: create_sliding_window_causal_mask).
+    kind = 'full_attention' if config.sliding_window is None else 'sliding_attention'
+    return [kind] * config.num_hidden_layers
+  # Qwen2Model: config.layer_types, derived in Qwen2Config.__post_init__ from
+  # use_sliding_window / max_window_layers unless given.
+  return list(config.layer_types)
+
+
+@pytest.mark.parametrize('config_cls, kwargs', [
+    ('MistralConfig', {}),
+    ('MistralConfig', {'sliding_window': 8}),
+    ('MistralConfig', {'sliding_window': None}),
+    ('Qwen2Config', {'use_sliding_window': False, 'sliding_window': 8,
+                     'max_window_layers': 0}),
+    ('Qwen2Config', {'use_sliding_window': True, 'sliding_window': 8}),
+    ('Qwen2Config', {'use_sliding_window': True, 'sliding_window': 8,
+                     'max_window_layers': 0}),
+    ('Qwen2Config', {'use_sliding_window': True, 'sliding_window': 8,
+                     'max_window_layers': 2}),
+    ('Qwen2Config', {'use_sliding_window': True, 'sliding_window': 8,
+                     'layer_types': ['sliding_attention', 'full_attention',
+                                     'sliding_attention']}),
+])
+def test_sliding_window_configs_match_transformers(config_cls, kwargs):
+  """Mistral / Qwen2 windows in use are read as transformers runs them, and exported
+  so that transformers runs the same layers (logits: tests/test_model_families.py)."""
+  cls = getattr(transformers, config_cls)
+  hf = cls(**dict(COMMON, num_hidden_layers=3), **kwargs)
+  expected = _hf_attention_types(hf)
+  cfg = ModelConfig.from_hf_dict(hf.to_dict())
+  assert list(cfg.attention_types) == expected
+  if 'sliding_attention' in expected:
+    assert cfg.sliding_window == hf.sliding_window == kwargs.get('sliding_window', 4096)
+  exported = cfg.to_hf_dict()
+  reloaded = cls(**{k: v for k, v in exported.items()
+                    if k not in ('architectures', 'model_type')})
+  assert _hf_attention_types(reloaded) == expected
+  if 'sliding_attention' in expected:
+    assert reloaded.sliding_window == hf.sliding_window
+  assert ModelConfig.from_hf_dict(exported) == cfg

@@ -255,9 +255,14 @@ def test_from_hf_dict_v4_and_v5_formats_agree():
     ({'hidden_act': 'gelu'}, 'hidden_act'),
     ({'attention_bias': True}, 'attention_bias'),
     ({'mlp_bias': True}, 'mlp_bias'),
-    ({'model_type': 'mistral', 'sliding_window': 16}, 'sliding_window'),
-    ({'model_type': 'qwen2', 'use_sliding_window': True,
-      'sliding_window': 16, 'max_window_layers': 1}, 'sliding_window'),
+    # MistralForCausalLM ignores layer_types: one that disagrees is ambiguous.
+    ({'model_type': 'mistral', 'sliding_window': 16,
+      'layer_types': ['full_attention', 'sliding_attention']}, 'layer_types'),
+    # Sliding layers without a window: transformers cannot build their mask.
+    ({'model_type': 'qwen2', 'use_sliding_window': False, 'sliding_window': 16,
+      'layer_types': ['full_attention', 'sliding_attention']}, 'layer_types'),
+    ({'model_type': 'llama', 'layer_types': ['full_attention', 'sliding_attention'],
+      'sliding_window': 16}, 'layer_types'),
     ({'model_type': 'gemma'}, 'model_type'),
 ])
 def test_from_hf_dict_rejects_unsupported(extra, field):
@@ -265,11 +270,55 @@ def test_from_hf_dict_rejects_unsupported(extra, field):
     ModelConfig.from_hf_dict(dict(LLAMA3_HF, **extra))
 
 
-def test_from_hf_dict_accepts_unused_sliding_window():
-  # Window longer than any sequence (Mistral) or disabled (Qwen2): no effect.
-  m = ModelConfig.from_hf_dict(
-      dict(LLAMA3_HF, model_type='mistral', sliding_window=4096))
-  q = ModelConfig.from_hf_dict(
-      dict(LLAMA3_HF, model_type='qwen2', sliding_window=4096,
-           use_sliding_window=False))
-  assert m.architecture == 'mistral' and q.qkv_bias
+SLIDING, FULL = 'sliding_attention', 'full_attention'
+
+
+@pytest.mark.parametrize('extra, window, types', [
+    # Mistral: the window masks every layer whenever it is set, as MistralModel does
+    # (even when it exceeds max_position_embeddings), and MistralConfig's default is 4096.
+    ({'model_type': 'mistral', 'sliding_window': 16}, 16, (SLIDING,) * 2),
+    ({'model_type': 'mistral', 'sliding_window': 4096}, 4096, (SLIDING,) * 2),
+    ({'model_type': 'mistral'}, 4096, (SLIDING,) * 2),
+    ({'model_type': 'mistral', 'sliding_window': None}, None, (FULL,) * 2),
+    ({'model_type': 'mistral', 'sliding_window': 16,
+      'layer_types': [SLIDING, SLIDING]}, 16, (SLIDING,) * 2),
+    # Qwen2: off unless use_sliding_window; then layers >= max_window_layers (default 28)
+    # slide, unless explicit layer_types say otherwise.
+    ({'model_type': 'qwen2', 'sliding_window': 16}, None, (FULL,) * 2),
+    ({'model_type': 'qwen2', 'use_sliding_window': False, 'sliding_window': 16,
+      'max_window_layers': 0}, None, (FULL,) * 2),
+    ({'model_type': 'qwen2', 'use_sliding_window': True, 'sliding_window': 16,
+      'max_window_layers': 1}, 16, (FULL, SLIDING)),
+    ({'model_type': 'qwen2', 'use_sliding_window': True, 'sliding_window': 16,
+      'max_window_layers': 0}, 16, (SLIDING,) * 2),
+    ({'model_type': 'qwen2', 'use_sliding_window': True, 'sliding_window': 16},
+     None, (FULL,) * 2),
+    ({'model_type': 'qwen2', 'use_sliding_window': True, 'max_window_layers': 1},
+     4096, (FULL, SLIDING)),
+    ({'model_type': 'qwen2', 'use_sliding_window': True, 'sliding_window': None,
+      'max_window_layers': 0}, None, (FULL,) * 2),
+    ({'model_type': 'qwen2', 'use_sliding_window': True, 'sliding_window': 16,
+      'max_window_layers': 0, 'layer_types': [SLIDING, FULL]}, 16, (SLIDING, FULL)),
+])
+def test_from_hf_dict_reads_sliding_windows(extra, window, types):
+  cfg = ModelConfig.from_hf_dict(dict(LLAMA3_HF, **extra))
+  assert cfg.sliding_window == window and cfg.attention_types == types
+  assert cfg.qkv_bias == (extra['model_type'] == 'qwen2')
+  # The export reads back as the same model.
+  hf = cfg.to_hf_dict()
+  assert ModelConfig.from_hf_dict(hf).attention_types == types
+  if cfg.architecture == 'qwen2':
+    assert hf['use_sliding_window'] == (SLIDING in types)
+    assert hf['layer_types'] == list(types)
+    assert hf['max_window_layers'] == (types.index(SLIDING) if SLIDING in types else 2)
+  else:
+    assert 'layer_types' not in hf
+    assert hf['sliding_window'] == (window if SLIDING in types else None)
+
+
+def test_mixed_layer_types_cannot_be_exported_as_mistral():
+  cfg = ModelConfig.from_hf_dict(dict(LLAMA3_HF, model_type='mistral', sliding_window=8))
+  cfg = cfg.replace(layer_types=(FULL, SLIDING))
+  with pytest.raises(ValueError, match='layer_types'):
+    cfg.to_hf_dict()
+  assert cfg.replace(architecture='qwen2', qkv_bias=True).to_hf_dict()['max_window_layers'] == 1

@@ -62,6 +62,11 @@ label_logps.defvjp(_label_logps_fwd, _label_logps_bwd)
 
 def head_weight(model):
   """The lm_head as [D, V] in the compute dtype (the embedding, transposed, when tied)."""
+  if model.config.final_logit_softcapping is not None:
+    # label_logps computes plain h·W logits; soft-capped ones (Gemma 2) need model.unembed.
+    raise ValueError(
+        'final_logit_softcapping (Gemma 2) is not supported by the completion-window head: '
+        'set config.model.logits_on="all" and config.model.share_prompt=False.')
   dt = model.config.compute_dtype
   if model.config.tie_word_embeddings:
     return model.embedding[...].astype(dt).T
