@@ -20,6 +20,7 @@ setuptools.setup(
         "tensorflow-datasets>=4.9.7,<5",  # without TensorFlow: array_record data sources
         "array-record>=0.5.1",
         "tokenizers>=0.19,<1",
+        "jinja2>=3.1.6",  # chat templates (sandboxed; older releases have sandbox escapes)
         "safetensors>=0.4.3,<1",
         "tensorboardX>=2.6,<3",
         "matplotlib>=3.7,<4",

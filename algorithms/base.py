@@ -129,6 +129,10 @@ class Requirements:
     sampling the policy and scoring the samples, round after round.
   token_rewards: {chosen,rejected}_token_rewards (T-REG's contrastive prompting).
   outcome_labels: {chosen,rejected}_labels and step_ends (implicit PRM).
+  unpaired: how the loss trains on unpaired records (prompt / completion / label, one
+    response in the chosen_* slots with its label as `chosen_labels`): None refuses them
+    (the loss needs pairs), "all" takes every response, "desirable" only those labelled
+    true (data.pipeline.UNPAIRED_MODES).
   """
 
   reference: bool = True
@@ -137,6 +141,7 @@ class Requirements:
   online: Optional[OnlineRound] = None
   token_rewards: bool = False
   outcome_labels: bool = False
+  unpaired: Optional[str] = None
 
 
 LossFn = Callable[[LossInputs, Mapping], tuple[Array, Metrics]]

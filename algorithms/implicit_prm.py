@@ -260,7 +260,8 @@ def _dpo_objective(inputs: LossInputs, beta: float) -> tuple[Array, Metrics]:
   return loss, metrics
 
 
-@register("implicit_prm", requirements=Requirements(reference=True, outcome_labels=True),
+@register("implicit_prm", requirements=Requirements(reference=True, outcome_labels=True,
+                                                    unpaired="all"),
           validate=_validate_implicit_prm)
 def implicit_prm(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   """Implicit PRM training loss (Yuan et al. 2024 §3: the CE and DPO instantiations).

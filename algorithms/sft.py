@@ -18,7 +18,7 @@ from algorithms.base import Array, LossInputs, Metrics, Requirements, register
 from algorithms.base import chosen_nll
 
 
-@register("sft", requirements=Requirements(reference=False))
+@register("sft", requirements=Requirements(reference=False, unpaired="desirable"))
 def sft(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   """Token-mean NLL of the chosen completions; the rejected side is ignored."""
   del cfg

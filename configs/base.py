@@ -81,8 +81,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.path = ""  # local TRL-layout preference file/dir, or "" for the built-in task
   config.data.tokenizer = ""  # directory with tokenizer.json, or "" for the byte tokenizer
   config.data.data_dir = ""  # TFDS cache; "" means WORKDIR/tfds
-  config.data.train_split = "train"
-  config.data.eval_split = "test"
+  config.data.train_split = "train"  # e.g. "train_prefs" (UltraFeedback-binarized)
+  config.data.eval_split = "test"  # "test" also finds "validation" files, and vice versa
+  # A path whose only split is the training split (a single file): this fraction of its
+  # records (at least one, whole prompts at a time, seeded by config.seed) is held out as
+  # eval_split; 0 refuses such a path instead.
+  config.data.eval_fraction = 0.05
   config.data.max_prompt_len = 256
   config.data.max_completion_len = 768
   config.data.buckets = (128, 256, 512, 1024)  # padded sequence lengths (prompt+completion)
@@ -162,6 +166,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.mesh.data = -1  # -1: all devices not used by fsdp and tensor
   config.mesh.fsdp = 1
   config.mesh.tensor = 1
+
+  # Resuming a workdir refuses a changed field that changes the run's result (see
+  # training/workdir.py FREE_FIELDS for those that do not); list fields here to change them on
+  # purpose ("loss.beta,optimizer.learning_rate"; a section name covers its fields).
+  config.resume = ml_collections.ConfigDict()
+  config.resume.allow_changes = ""
+
+  # A directory to write the trained policy to as a Hugging Face checkpoint (weights, config,
+  # tokenizer files and chat template) when the run ends; "" writes none. Any run can also
+  # be exported later: python -m experiments.export --workdir=W --out=DIR.
+  config.export = ml_collections.ConfigDict()
+  config.export.hf_dir = ""
 
   config.log_every = 10
   config.eval_every = 100  # 0 disables periodic eval; eval still runs at step 0 and the end

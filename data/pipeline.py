@@ -30,7 +30,21 @@ with ``pad_id``):
   aligned with the completion and 0 elsewhere.
 
 A pair may have no rejected side (``rejected=None``: PRIME's sampled
-responses); a batch of such pairs has no ``rejected_*`` arrays.
+responses, unpaired records); a batch of such pairs has no ``rejected_*`` arrays.
+Unpaired records (``rejected`` None, the label in ``chosen_label``) are refused
+unless the loss trains on them (``unpaired``, see ``UNPAIRED_MODES``).
+
+Conversations (records with ``messages``, see ``data.readers``) are rendered with
+the tokenizer's chat template when it has one (``data.chat_template``): the prompt
+is the prompt messages rendered with ``add_generation_prompt=True``, each
+completion is the rest of the whole conversation's rendering, and the ids are
+those of the whole rendering (the prompt's ids must be a prefix of them, else
+``DataError``), exactly what ``apply_chat_template(tokenize=True)`` gives. The
+template writes its own special tokens: no bos is added (a bos the template
+writes is kept through prompt truncation), and eos is appended only to a
+completion that does not already hold it (Llama 3's ``<|eot_id|>`` does; ChatML's
+``<|im_end|>`` does when it is the eos). Without a template they use the text
+fields' built-in format, tokenized as text records are.
 
 Tokenization is EAGER: the whole split is tokenized once when a batcher is
 built. That makes ``num_batches_per_epoch`` and the dropped/truncated counts
@@ -52,16 +66,27 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from absl import logging
+
+from data.chat_template import TemplateRefused
 from data.errors import DataError, locate
 from data.packing import pack_micro_batches
 from data.readers import PAIR_FIELDS, TOKEN_FIELDS, pair_numbers, token_field_side
-from data.tokenizer import Tokenizer
+from data.tokenizer import ByteTokenizer, Tokenizer
 
 _CHUNK = 1024  # records tokenized per encode_batch call
 # What to do with a pair whose chosen and rejected are identical, and with a
 # prompt over max_prompt_len (config.data.on_identical_pair / on_long_prompt).
 IDENTICAL_PAIR_MODES = ("drop", "error")
 LONG_PROMPT_MODES = ("truncate", "drop")
+# How a loss trains on unpaired records (algorithms.base.Requirements.unpaired; None: it
+# needs pairs and refuses them): "all" keeps every response with its label (implicit PRM's
+# CE), "desirable" only those labelled true (SFT).
+UNPAIRED_MODES = ("all", "desirable")
+_UNPAIRED_REFUSED = (
+    "an unpaired record (prompt/completion/label), but this loss trains on preference pairs: "
+    "give prompt/chosen/rejected records, or train with loss 'sft' (its desirable "
+    "completions) or 'implicit_prm' (prm_objective 'ce')")
 
 
 @dataclasses.dataclass
@@ -73,16 +98,21 @@ class SplitStats:
   dropped: int = 0               # all dropped pairs: the two below + no signal after truncation
   dropped_identical: int = 0     # chosen == rejected as given (on_identical_pair="drop")
   dropped_long_prompt: int = 0   # prompt over max_prompt_len (on_long_prompt="drop")
+  dropped_undesirable: int = 0   # unpaired records labelled false (unpaired="desirable")
   truncated_prompt: int = 0      # prompt lost tokens on the left
   truncated_completion: int = 0  # chosen or rejected lost tokens on the right
 
   def summary(self) -> str:
     """One line for the logs, e.g. '100 pairs: 97 kept, 3 dropped (2 identical, ...)'."""
-    after = self.dropped - self.dropped_identical - self.dropped_long_prompt
+    after = (self.dropped - self.dropped_identical - self.dropped_long_prompt
+             - self.dropped_undesirable)
+    undesirable = (f"{self.dropped_undesirable} labelled undesirable, "
+                   if self.dropped_undesirable else "")
     return (f"{self.total} pairs: {self.kept} kept, {self.dropped} dropped "
             f"({self.dropped_identical} chosen == rejected, {self.dropped_long_prompt} prompt "
-            f"over max_prompt_len, {after} no signal after truncation); truncated: "
-            f"{self.truncated_prompt} prompts, {self.truncated_completion} completions")
+            f"over max_prompt_len, {undesirable}{after} no signal after truncation); "
+            f"truncated: {self.truncated_prompt} prompts, {self.truncated_completion} "
+            f"completions")
 
 
 # PAIR_FIELDS (optional numbers of a record, [B] float arrays in batches) and TOKEN_FIELDS
@@ -119,19 +149,32 @@ def _where(source, name: str, index: int, field: str) -> str:
   return find(index, field) if callable(find) else locate(name, record=index, field=field)
 
 
+@dataclasses.dataclass
+class _Tokens:
+  """One record's ids before truncation: the prompt's and each completion's."""
+
+  prompt: list[int]
+  chosen: list[int]
+  rejected: list[int] | None
+  templated: bool  # rendered by a chat template, which wrote its own special tokens
+
+
 class TokenizedPairs(Sequence[TokenizedPair]):
   """A whole split, tokenized and truncated eagerly; kept pairs only.
 
   ``source`` is any sequence (or iterable) of dicts with str ``prompt``,
-  ``chosen``, ``rejected`` and optionally an int ``example_id`` (defaults
+  ``chosen``, ``rejected`` (None: an unpaired record), optionally ``messages``
+  (a conversation, see ``data.readers``) and an int ``example_id`` (defaults
   to the record's index). ``source_name`` (default: ``source.name`` if it has
   one) names it in errors; a source with a ``locate(index, field)`` method
   (``data.tfds_builders.PreferenceSource``) is asked for the file and line.
+  ``unpaired``: None refuses unpaired records, else one of ``UNPAIRED_MODES``.
   """
 
   def __init__(self, source, tokenizer: Tokenizer, *, max_prompt_len: int,
                max_completion_len: int, on_identical_pair: str = "drop",
-               on_long_prompt: str = "truncate", source_name: str | None = None):
+               on_long_prompt: str = "truncate", source_name: str | None = None,
+               unpaired: str | None = None):
     bos = tokenizer.bos_id
     prefix = [] if bos is None else [int(bos)]
     if max_prompt_len < len(prefix) or max_completion_len < 1:
@@ -140,37 +183,46 @@ class TokenizedPairs(Sequence[TokenizedPair]):
           f"max_completion_len >= 1, got {max_prompt_len}, {max_completion_len}")
     _check_mode(on_identical_pair, IDENTICAL_PAIR_MODES, "on_identical_pair")
     _check_mode(on_long_prompt, LONG_PROMPT_MODES, "on_long_prompt")
+    if unpaired is not None:
+      _check_mode(unpaired, UNPAIRED_MODES, "unpaired")
     self.source_name = source_name or str(getattr(source, "name", "") or "input records")
     self.max_prompt_len = max_prompt_len
     self.max_completion_len = max_completion_len
-    prompt_budget = max_prompt_len - len(prefix)
-    eos = [int(tokenizer.eos_id)]
+    eos = int(tokenizer.eos_id)
     stats = SplitStats()
     pairs: list[TokenizedPair] = []
+    where = lambda i, field: _where(source, self.source_name, i, field)  # noqa: E731
 
     it = iter(source)
     index = 0
     fields = _FieldPresence()
     while chunk := list(itertools.islice(it, _CHUNK)):
-      prompts = _encode_many(tokenizer, [r["prompt"] for r in chunk])
-      chosens = _encode_many(tokenizer, [r["chosen"] for r in chunk])
-      rejecteds = _encode_many(tokenizer, [r["rejected"] for r in chunk])
-      for rec, p, c, r in zip(chunk, prompts, chosens, rejecteds):
+      for rec, tokens in zip(chunk, _tokenize_chunk(chunk, tokenizer, index, where)):
         example_id = int(rec.get("example_id", index))
         fields.note(rec, index)
         index += 1
         stats.total += 1
+        p, c, r = tokens.prompt, tokens.chosen, tokens.rejected
+        if r is None:
+          if unpaired is None:
+            raise DataError(f"{where(index - 1, 'chosen')}: missing: {_UNPAIRED_REFUSED}")
+          if unpaired == "desirable" and not rec.get("chosen_label", 1.0) > 0.5:
+            stats.dropped_undesirable += 1
+            stats.dropped += 1
+            continue
         # Compared as tokens: equal texts always match, and so do texts the
         # tokenizer's normalizer maps to the same ids (equally signal-free).
-        if list(c) == list(r):
+        elif list(c) == list(r):
           if on_identical_pair == "error":
             raise DataError(
-                f"{_where(source, self.source_name, index - 1, 'rejected')}: identical to "
+                f"{where(index - 1, 'rejected')}: identical to "
                 f"'chosen', so the pair carries no preference; fix the record or set "
                 f"config.data.on_identical_pair='drop' to skip such pairs")
           stats.dropped_identical += 1
           stats.dropped += 1
           continue
+        head, p = _prompt_head(p, prefix, bos, tokens.templated)
+        prompt_budget = max_prompt_len - len(head)
         if len(p) > prompt_budget:
           if on_long_prompt == "drop":
             stats.dropped_long_prompt += 1
@@ -178,21 +230,22 @@ class TokenizedPairs(Sequence[TokenizedPair]):
             continue
           stats.truncated_prompt += 1
           p = p[len(p) - prompt_budget:]  # keep the end
-        c, r = list(c) + eos, list(r) + eos
-        if len(c) > max_completion_len or len(r) > max_completion_len:
+        sides = [_with_eos(x, eos, tokens.templated) for x in (c, r) if x is not None]
+        if any(len(x) > max_completion_len for x in sides):
           stats.truncated_completion += 1
-        c, r = c[:max_completion_len], r[:max_completion_len]  # keep the start
-        prompt = prefix + list(p)
+        sides = [x[:max_completion_len] for x in sides]  # keep the start
+        prompt = head + list(p)
         # Token 0 is never scored, so with an empty prompt and no bos
         # a one-token completion has nothing to learn from.
-        scored = len(c) - (0 if prompt else 1), len(r) - (0 if prompt else 1)
-        if c == r or min(scored) < 1:
+        scored = [len(x) - (0 if prompt else 1) for x in sides]
+        if (len(sides) == 2 and sides[0] == sides[1]) or min(scored) < 1:
           stats.dropped += 1
           continue
+        c, r = sides[0], (sides[1] if len(sides) == 2 else None)
         pairs.append(TokenizedPair(
-            example_id, np.asarray(prompt, np.int32),
-            np.asarray(c, np.int32), np.asarray(r, np.int32),
-            pair_numbers(rec, lambda f, i=index - 1: _where(source, self.source_name, i, f))))
+            example_id, np.asarray(prompt, np.int32), np.asarray(c, np.int32),
+            None if r is None else np.asarray(r, np.int32),
+            pair_numbers(rec, lambda f, i=index - 1: where(i, f))))
     fields.check(source, self.source_name)
     stats.kept = len(pairs)
     self.stats = stats
@@ -228,6 +281,131 @@ class TokenizedPairs(Sequence[TokenizedPair]):
     p = self._pairs[i]
     rejected = 0 if p.rejected is None else len(p.rejected)
     return len(p.prompt) + max(len(p.chosen), rejected)
+
+
+def _prompt_head(prompt: list[int], prefix: list[int], bos: int | None,
+                 templated: bool) -> tuple[list[int], list[int]]:
+  """(ids prompt truncation always keeps, the rest of the prompt).
+
+  The pipeline's bos for text; for a chat template's rendering only the bos it wrote
+  (transformers adds none to a template's text, and neither does this).
+  """
+  if not templated:
+    return prefix, list(prompt)
+  if bos is not None and prompt[:1] == [int(bos)]:
+    return [int(bos)], list(prompt[1:])
+  return [], list(prompt)
+
+
+def _with_eos(completion: list[int], eos: int, templated: bool) -> list[int]:
+  """The completion followed by eos, unless a chat template's turn already holds it."""
+  if templated and eos in completion:
+    return list(completion)
+  return list(completion) + [eos]
+
+
+def _tokenize_chunk(chunk: list[Mapping], tokenizer: Tokenizer, start: int,
+                    where) -> list[_Tokens]:
+  """Ids of each record of ``chunk`` (record ``start`` first); see the module docstring."""
+  template = getattr(tokenizer, "chat_template", None)
+  if template is None:
+    if any(rec.get("messages") for rec in chunk):
+      _note_builtin_format(tokenizer)
+    return _text_tokens(chunk, tokenizer)
+  out: list[_Tokens | None] = [None] * len(chunk)
+  texts = [i for i, rec in enumerate(chunk) if not rec.get("messages")]
+  for i, tokens in zip(texts, _text_tokens([chunk[i] for i in texts], tokenizer)):
+    out[i] = tokens
+  conversations = [i for i, rec in enumerate(chunk) if rec.get("messages")]
+  templated = _template_tokens([chunk[i] for i in conversations], tokenizer, template,
+                               [start + i for i in conversations], where)
+  for i, tokens in zip(conversations, templated):
+    out[i] = tokens
+  return out
+
+
+def _text_tokens(records: list[Mapping], tokenizer: Tokenizer) -> list[_Tokens]:
+  """Prompt and completions of text records, each tokenized on its own."""
+  prompts = _encode_many(tokenizer, [r["prompt"] for r in records])
+  chosens = _encode_many(tokenizer, [r["chosen"] for r in records])
+  paired = [i for i, r in enumerate(records) if r["rejected"] is not None]
+  rejecteds: list = [None] * len(records)
+  for i, ids in zip(paired, _encode_many(tokenizer, [records[i]["rejected"] for i in paired])):
+    rejecteds[i] = ids
+  return [_Tokens(list(p), list(c), None if r is None else list(r), False)
+          for p, c, r in zip(prompts, chosens, rejecteds)]
+
+
+def _render(template, messages, add_generation_prompt: bool, where: str) -> str:
+  try:
+    return template.render(messages, add_generation_prompt=add_generation_prompt)
+  except TemplateRefused as e:
+    raise DataError(f"{where}: the chat template of {template.origin} refused the "
+                    f"conversation: {e}") from None
+
+
+def _first_difference(prefix: Sequence, whole: Sequence) -> int:
+  """The first index where `whole` departs from `prefix` (a string or ids)."""
+  return next((k for k, (a, b) in enumerate(zip(prefix, whole)) if a != b),
+              min(len(prefix), len(whole)))
+
+
+def _template_tokens(records: list[Mapping], tokenizer: Tokenizer, template,
+                     indices: list[int], where) -> list[_Tokens]:
+  """Ids of conversations rendered by ``template``: each completion is the whole
+  conversation's ids past the prompt's (which must be their prefix)."""
+  sides = ("chosen", "rejected")
+  prompts, fulls = [], []
+  for rec, i in zip(records, indices):
+    messages = rec["messages"]
+    prompt = _render(template, messages["prompt"], True, where(i, "prompt"))
+    prompts.append(prompt)
+    for side in sides:
+      if messages.get(side) is None:
+        continue
+      full = _render(template, messages["prompt"] + messages[side], False, where(i, side))
+      if not full.startswith(prompt):
+        at = _first_difference(prompt, full)
+        raise DataError(
+            f"{where(i, side)}: the chat template's rendering of the conversation does not "
+            f"start with its rendering of the prompt (add_generation_prompt=True): they "
+            f"differ at character {at} ({prompt[at:at + 20]!r} vs {full[at:at + 20]!r}), so "
+            f"the completion cannot be cut from it")
+      fulls.append(full)
+  prompt_ids = _encode_many(tokenizer, prompts)
+  full_ids = iter(_encode_many(tokenizer, fulls))
+  out = []
+  for rec, i, p in zip(records, indices, prompt_ids):
+    completions = {}
+    for side in sides:
+      if rec["messages"].get(side) is None:
+        completions[side] = None
+        continue
+      ids = list(next(full_ids))
+      if ids[:len(p)] != list(p):
+        at = _first_difference(p, ids)
+        raise DataError(
+            f"{where(i, side)}: the prompt's tokens are not a prefix of the whole "
+            f"conversation's tokens (they differ at token {at}), so prompt and completion "
+            f"cannot be split at a token boundary; the chat template's generation prompt "
+            f"and the completion merge into one token there")
+      completions[side] = ids[len(p):]
+    out.append(_Tokens(list(p), completions["chosen"], completions["rejected"], True))
+  return out
+
+
+_NOTED_BUILTIN: set[str] = set()
+
+
+def _note_builtin_format(tokenizer: Tokenizer) -> None:
+  """Logs once per tokenizer that conversations use the built-in format (a checkpoint
+  without a chat template; the byte-level tokenizer has none to miss)."""
+  if isinstance(tokenizer, ByteTokenizer) or repr(tokenizer) in _NOTED_BUILTIN:
+    return
+  _NOTED_BUILTIN.add(repr(tokenizer))
+  logging.info("%r has no chat template (tokenizer_config.json 'chat_template' or "
+               "chat_template.jinja): conversations are rendered in the built-in format "
+               "'<|role|>\\ncontent\\n' (data/readers.py)", tokenizer)
 
 
 class _FieldPresence:
@@ -404,7 +582,7 @@ class PreferenceBatcher:
   ``drop_remainder=False`` keeps every example: the last batch of an epoch
   is completed with examples from the start of the same epoch's order (so
   shapes stay static; those few examples are seen twice that epoch).
-  ``on_identical_pair``, ``on_long_prompt`` and ``source_name`` go to
+  ``on_identical_pair``, ``on_long_prompt``, ``source_name`` and ``unpaired`` go to
   ``TokenizedPairs``. ``pack_rows`` > 0 packs each batch's sequences into
   that many rows when they fit (``data/packing.py``): each process's slice
   into its share of the rows, each of the step's ``grad_accum_steps``
@@ -417,7 +595,7 @@ class PreferenceBatcher:
                process_index: int = 0, process_count: int = 1,
                on_identical_pair: str = "drop", on_long_prompt: str = "truncate",
                source_name: str | None = None, pack_rows: int = 0,
-               grad_accum_steps: int = 1):
+               grad_accum_steps: int = 1, unpaired: str | None = None):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     self.pack_rows = int(pack_rows)
@@ -431,7 +609,8 @@ class PreferenceBatcher:
     self.pairs = _tokenized(source, tokenizer, max_prompt_len=max_prompt_len,
                             max_completion_len=max_completion_len,
                             on_identical_pair=on_identical_pair,
-                            on_long_prompt=on_long_prompt, source_name=source_name)
+                            on_long_prompt=on_long_prompt, source_name=source_name,
+                            unpaired=unpaired)
     self.batch_size = batch_size
     self.local_batch_size = batch_size // process_count
     self.seed = int(seed)
@@ -523,7 +702,7 @@ class EvalBatches:
                max_prompt_len: int, max_completion_len: int, buckets: Sequence[int],
                process_index: int = 0, process_count: int = 1,
                on_identical_pair: str = "drop", on_long_prompt: str = "truncate",
-               source_name: str | None = None):
+               source_name: str | None = None, unpaired: str | None = None):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     self._local = _local_slice(batch_size, process_index, process_count)
@@ -531,7 +710,8 @@ class EvalBatches:
     self.pairs = _tokenized(source, tokenizer, max_prompt_len=max_prompt_len,
                             max_completion_len=max_completion_len,
                             on_identical_pair=on_identical_pair,
-                            on_long_prompt=on_long_prompt, source_name=source_name)
+                            on_long_prompt=on_long_prompt, source_name=source_name,
+                            unpaired=unpaired)
     self.batch_size = batch_size
     if len(self.pairs) == 0:
       raise DataError(f"{self.pairs.source_name}: no usable pairs to evaluate "
@@ -560,11 +740,12 @@ class EvalBatches:
 def eval_batches(source, tokenizer: Tokenizer, *, batch_size: int, max_prompt_len: int,
                  max_completion_len: int, buckets: Sequence[int], process_index: int = 0,
                  process_count: int = 1, on_identical_pair: str = "drop",
-                 on_long_prompt: str = "truncate",
-                 source_name: str | None = None) -> EvalBatches:
+                 on_long_prompt: str = "truncate", source_name: str | None = None,
+                 unpaired: str | None = None) -> EvalBatches:
   """In-order eval batches over ``source`` with a ``weight`` array; see ``EvalBatches``."""
   return EvalBatches(source, tokenizer, batch_size=batch_size,
                      max_prompt_len=max_prompt_len, max_completion_len=max_completion_len,
                      buckets=buckets, process_index=process_index,
                      process_count=process_count, on_identical_pair=on_identical_pair,
-                     on_long_prompt=on_long_prompt, source_name=source_name)
+                     on_long_prompt=on_long_prompt, source_name=source_name,
+                     unpaired=unpaired)

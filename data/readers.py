@@ -9,24 +9,44 @@ Accepted inputs (``read_preferences(path, split)``):
   ``data/train-00000-of-00001.parquet``. ``test`` and ``validation`` stand in
   for each other when only one of them exists.
 
-Record formats (TRL's preference formats):
+Record layouts (README.md, "Data layouts", has the table):
 
-* standard: ``prompt``, ``chosen``, ``rejected`` are strings;
-* conversational: ``chosen`` / ``rejected`` (and optionally ``prompt``) are
-  lists of ``{"role": ..., "content": ...}`` messages, roles ``system``,
+* standard (TRL): ``prompt``, ``chosen``, ``rejected`` are strings;
+* conversational (TRL): ``chosen`` / ``rejected`` (and optionally ``prompt``)
+  are lists of ``{"role": ..., "content": ...}`` messages, roles ``system``,
   ``user`` or ``assistant``. Without ``prompt`` (TRL's implicit-prompt
-  format) the prompt is the longest shared prefix of the two conversations.
+  format) the prompt is the longest shared prefix of the two conversations;
+* UltraFeedback-binarized: ``prompt`` is a string while ``chosen`` /
+  ``rejected`` are whole conversations that repeat the user turn: the shared
+  prefix of the conversations is the prompt (the string is then redundant; a
+  conversation sharing nothing gets it as its user message), the differing
+  tails are the completions; ``score_chosen`` / ``score_rejected`` are read as
+  ``chosen_score`` / ``rejected_score``;
+* Anthropic HH-RLHF: ``chosen`` / ``rejected`` are transcripts
+  (``"\\n\\nHuman: ... \\n\\nAssistant: ..."``) without ``prompt``: the
+  prompt is their common prefix up to and including its last
+  ``"\\n\\nAssistant:"``, the completions are the rest;
+* unpaired (TRL's KTO layout): ``prompt`` / ``completion`` (strings, or
+  messages) and a boolean ``label``: one response, desirable or not. Its
+  ``rejected`` is None and the label travels as ``chosen_label`` (1 / 0); which
+  losses train on such records is the pipeline's business
+  (``data.pipeline.UNPAIRED_MODES``). A split holds pairs or unpaired records,
+  not both.
 
-Conversations are rendered to text with this template, one block per message::
+Conversations are kept as messages (``record["messages"]``: the prompt's
+messages and each completion's) for ``data.pipeline``, which renders them with
+the tokenizer's chat template (``data.chat_template``). Their text fields use
+the built-in format, one block per message::
 
     <|{role}|>\\n{content}\\n
 
 The prompt is its messages rendered, followed by the generation header
 ``<|assistant|>\\n``; each completion must start with an assistant message
 and is rendered without that header, so ``prompt + completion`` is exactly
-the rendering of the full conversation.
+the rendering of the full conversation. The built-in format is what the
+byte-level tokenizer and checkpoints without a template train on.
 
-Either format may carry the numbers of ``PAIR_FIELDS`` (``chosen_label``,
+Every layout may carry the numbers of ``PAIR_FIELDS`` (``chosen_label``,
 ``rejected_label``, ``preference_prob``, ``chosen_score``, ``rejected_score``):
 finite numbers, or null for "not given". They reach the batches unchanged. A
 field of ``TOKEN_FIELDS`` in a file is an error (per-token values cannot be
@@ -49,12 +69,18 @@ from data.errors import DataError, locate
 
 # Bump whenever parsing or rendering changes the produced text: it is mixed
 # into the TFDS cache key of local datasets (see data.tfds_builders).
-READER_VERSION = "2"  # 2: PAIR_FIELDS are read
+READER_VERSION = "3"  # 2: PAIR_FIELDS are read; 3: messages kept, HH, UltraFeedback, unpaired
 
 EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
 ROLES = ("system", "user", "assistant")
 GENERATION_HEADER = "<|assistant|>\n"
-_FIELDS = ("prompt", "chosen", "rejected")
+_FIELDS = ("prompt", "chosen", "rejected", "completion")
+# The assistant header of Anthropic HH-RLHF transcripts; the prompt ends with the last one.
+HH_ASSISTANT = "\n\nAssistant:"
+# UltraFeedback-binarized's names for PAIR_FIELDS.
+_FIELD_ALIASES = {"score_chosen": "chosen_score", "score_rejected": "rejected_score"}
+_LAYOUTS_HINT = ("expected prompt/chosen/rejected (preference pairs) or prompt/completion/label "
+                 "(unpaired records)")
 # Optional numbers of a record that travel with its pair into batches as [B] float arrays:
 # outcome labels (implicit PRM, PRIME), an oracle's preference probability (DNO's soft
 # form) and per-response regression targets (GPO / SPPO).
@@ -148,6 +174,17 @@ def split_files(path: str, split: str) -> list[str]:
                   f"(expected files like {split}.jsonl, {split}.json or {split}.parquet)")
 
 
+def held_out_of(path: str, eval_split: str) -> str | None:
+  """The split an eval split missing from ``path`` can be held out of: the path's only
+  split. None when ``eval_split`` exists, or when the path has several splits (then
+  naming one of them is the fix, not holding records out)."""
+  splits = available_splits(path)
+  names = _SPLIT_ALIASES.get(eval_split, (eval_split,))
+  if len(splits) != 1 or any(name in splits for name in names):
+    return None
+  return splits[0]
+
+
 # --------------------------------------------------------------------------
 # Validating one record
 
@@ -208,56 +245,137 @@ def _completion_text(messages: list[dict], offset: int, file, line, index, field
   return render_messages(messages)[len(GENERATION_HEADER):]
 
 
+def _shared_prefix(a: list, b: list) -> int:
+  """How many leading messages two conversations share."""
+  k = 0
+  while k < min(len(a), len(b)) and a[k] == b[k]:
+    k += 1
+  return k
+
+
+def _conversation(record: dict, file, line, index) -> dict:
+  """A conversational record (TRL's, or UltraFeedback's string prompt) -> prompt messages
+  and each side's completion messages, as text and as ``messages``."""
+  sides = ("completion",) if record.get("chosen") is None else ("chosen", "rejected")
+  convs = {side: _messages(record[side], file, line, index, side) for side in sides}
+  prompt, offset = record.get("prompt"), 0
+  if isinstance(prompt, list):
+    prompt_msgs = _messages(prompt, file, line, index, "prompt")
+  else:
+    # Implicit prompt (TRL), or UltraFeedback's string prompt next to whole conversations:
+    # the conversations' shared prefix is the prompt either way.
+    text = None if prompt is None else _as_text(prompt, file, line, index, "prompt")
+    if len(sides) == 2:
+      offset = _shared_prefix(convs["chosen"], convs["rejected"])
+    elif text is None:
+      raise DataError(f"{locate(file, line=line, record=index, field='prompt')}: missing "
+                      f"(an unpaired record needs prompt, completion and label)")
+    prompt_msgs = convs[sides[0]][:offset]
+    if text is not None and not offset:
+      prompt_msgs = [{"role": "user", "content": text}]
+    convs = {side: conv[offset:] for side, conv in convs.items()}
+  texts = {side: _completion_text(conv, offset, file, line, index, side)
+           for side, conv in convs.items()}
+  return {"prompt": render_messages(prompt_msgs) + GENERATION_HEADER, **texts,
+          "messages": {"prompt": prompt_msgs, **convs}}
+
+
+def _transcripts(record: dict, file, line, index) -> dict:
+  """Anthropic HH-RLHF: chosen / rejected transcripts; the prompt is their common prefix up
+  to and including its last assistant header."""
+  chosen = _as_text(record["chosen"], file, line, index, "chosen")
+  rejected = _as_text(record["rejected"], file, line, index, "rejected")
+  end = os.path.commonprefix([chosen, rejected]).rfind(HH_ASSISTANT)
+  if end < 0:
+    raise DataError(f"{locate(file, line=line, record=index, field='prompt')}: missing (the "
+                    f"standard format needs prompt, chosen and rejected; transcripts without "
+                    f"a prompt need a shared {HH_ASSISTANT!r} header, as in Anthropic HH-RLHF)")
+  end += len(HH_ASSISTANT)
+  return {"prompt": chosen[:end], "chosen": chosen[end:], "rejected": rejected[end:]}
+
+
+def _label(record: dict, file, line, index) -> float:
+  """An unpaired record's ``label`` (true: a desirable completion) as 1.0 / 0.0."""
+  value = record.get("label")
+  where = locate(file, line=line, record=index, field="label")
+  if value is None:
+    raise DataError(f"{where}: missing (an unpaired record needs prompt, completion and a "
+                    f"boolean label)")
+  if isinstance(value, (bool, np.bool_)) or value in (0, 1):
+    return float(value)
+  raise DataError(f"{where}: must be true or false, got {value!r}")
+
+
+def _unpaired(record: dict, file, line, index) -> dict:
+  """TRL's unpaired (KTO) layout: prompt / completion / label, text or messages."""
+  label = _label(record, file, line, index)
+  if record.get("chosen_label") is not None:
+    raise DataError(f"{locate(file, line=line, record=index, field='chosen_label')}: an "
+                    f"unpaired record gives its label as 'label' only")
+  if isinstance(record["completion"], list):
+    out = _conversation(record, file, line, index)
+    out["chosen"] = out.pop("completion")
+    out["messages"]["chosen"] = out["messages"].pop("completion")
+    out["messages"]["rejected"] = None
+  else:
+    if record.get("prompt") is None:
+      raise DataError(f"{locate(file, line=line, record=index, field='prompt')}: missing "
+                      f"(an unpaired record needs prompt, completion and label)")
+    out = {"prompt": _as_text(record["prompt"], file, line, index, "prompt"),
+           "chosen": _as_text(record["completion"], file, line, index, "completion")}
+    if not out["chosen"].strip():
+      raise DataError(f"{locate(file, line=line, record=index, field='completion')}: empty")
+  return {**out, "rejected": None, "chosen_label": label}
+
+
 def normalize_record(record, *, file: str, line: int | None = None,
                      index: int | None = None) -> dict:
-  """One raw record (standard or conversational) -> {'prompt','chosen','rejected'} text."""
+  """One raw record of any layout -> the project's record.
+
+  Returns {'prompt', 'chosen', 'rejected'} text ('rejected' None for an unpaired record),
+  the PAIR_FIELDS it gives, and for conversations 'messages': {'prompt', 'chosen',
+  'rejected'} lists of messages.
+  """
   if not isinstance(record, dict):
     raise DataError(f"{locate(file, line=line, record=index)}: a record must be an "
                     f"object, got {type(record).__name__}")
+  numbers = _numbers(record, file, line, index)
+  if record.get("chosen") is None and record.get("completion") is not None:
+    return {**numbers, **_unpaired(record, file, line, index)}
   for field in ("chosen", "rejected"):
     if record.get(field) is None:
-      raise DataError(f"{locate(file, line=line, record=index, field=field)}: missing")
+      raise DataError(f"{locate(file, line=line, record=index, field=field)}: missing "
+                      f"({_LAYOUTS_HINT})")
   chosen, rejected, prompt = record["chosen"], record["rejected"], record.get("prompt")
-
   if isinstance(chosen, list) or isinstance(rejected, list):
-    chosen = _messages(chosen, file, line, index, "chosen")
-    rejected = _messages(rejected, file, line, index, "rejected")
-    if prompt is None:
-      # Implicit prompt: the longest shared prefix of the conversations.
-      k = 0
-      while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
-        k += 1
-      prompt_msgs, chosen, rejected = chosen[:k], chosen[k:], rejected[k:]
-      offset = k
-    else:
-      prompt_msgs = _messages(prompt, file, line, index, "prompt")
-      offset = 0
-    return {
-        "prompt": render_messages(prompt_msgs) + GENERATION_HEADER,
-        "chosen": _completion_text(chosen, offset, file, line, index, "chosen"),
-        "rejected": _completion_text(rejected, offset, file, line, index, "rejected"),
-        **_numbers(record, file, line, index),
-    }
-
+    return {**_conversation(record, file, line, index), **numbers}
   if prompt is None:
-    raise DataError(f"{locate(file, line=line, record=index, field='prompt')}: missing "
-                    f"(the standard format needs prompt, chosen and rejected)")
-  out = {f: _as_text(record[f], file, line, index, f) for f in _FIELDS}
+    out = _transcripts(record, file, line, index)
+  else:
+    out = {f: _as_text(record[f], file, line, index, f) for f in ("prompt", "chosen", "rejected")}
   for field in ("chosen", "rejected"):
     if not out[field].strip():
       raise DataError(f"{locate(file, line=line, record=index, field=field)}: empty")
-  return {**out, **_numbers(record, file, line, index)}
+  return {**out, **numbers}
 
 
 def _numbers(record: dict, file, line, index) -> dict:
-  """The record's PAIR_FIELDS as floats (null = not given); TOKEN_FIELDS are refused."""
+  """The record's PAIR_FIELDS (or their aliases) as floats (null = not given); TOKEN_FIELDS
+  are refused."""
   where = lambda field: locate(file, line=line, record=index, field=field)  # noqa: E731
   for field in TOKEN_FIELDS:
     if record.get(field) is not None:
       raise DataError(f"{where(field)}: per-token values cannot be read from a file (they "
                       f"must align with the tokenizer's tokens); they are computed during "
                       f"training")
-  return pair_numbers(record, where)
+  named, alias_of = record, {}
+  for alias, field in _FIELD_ALIASES.items():
+    if record.get(alias) is None:
+      continue
+    if record.get(field) is not None:
+      raise DataError(f"{where(alias)}: given with {field!r}, its other name; give one")
+    named, alias_of[field] = {**named, field: record[alias]}, alias
+  return pair_numbers(named, lambda field: where(alias_of.get(field, field)))
 
 
 def pair_numbers(record, where) -> dict:
@@ -413,19 +531,37 @@ def read_file(file: str) -> list[dict]:
 
 
 def read_files(files: Sequence[str]) -> list[dict]:
-  """The records of one split's files, in order; a split without records is refused."""
+  """The records of one split's files, in order (conversations with their ``messages``).
+
+  A split without records is refused, and so is one mixing pairs and unpaired records.
+  """
   records: list[dict] = []
   for file in files:
     records.extend(read_file(file))
   if not records:
     raise DataError(f"{', '.join(files)}: no records (only blank lines or an empty "
                     f"list); a split needs at least one preference pair")
+  _check_one_layout(records, files)
   return records
 
 
+def _check_one_layout(records: list[dict], files: Sequence[str]) -> None:
+  # A batch holds pairs or single responses, never both (data.pipeline.collate).
+  unpaired = records[0]["rejected"] is None
+  for i, record in enumerate(records):
+    if (record["rejected"] is None) != unpaired:
+      first = "unpaired (prompt/completion/label)" if unpaired else "pairs"
+      raise DataError(f"{locate_record(files, i, 'chosen' if unpaired else 'completion')}: "
+                      f"this split's first record is {first}, this one is not; keep one "
+                      f"layout per split")
+
+
 def read_preferences(path: str, split: str) -> list[dict]:
-  """Records of ``split`` under ``path`` as dicts of prompt/chosen/rejected strings."""
-  return read_files(split_files(path, split))
+  """Records of ``split`` under ``path`` as text: prompt / chosen / rejected strings
+  (conversations in the built-in format; 'rejected' None for unpaired records) and the
+  PAIR_FIELDS they give."""
+  return [{k: v for k, v in r.items() if k != "messages"}
+          for r in read_files(split_files(path, split))]
 
 
 def locate_record(files: Sequence[str], index: int, field: str | None = None) -> str:

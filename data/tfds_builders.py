@@ -26,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
+import json
 import logging
 import math
 import os
@@ -34,6 +36,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging as absl_logging
 from etils import epath
 
 from data import readers, synthetic
@@ -44,12 +47,20 @@ _TEXT_FIELDS = ("prompt", "chosen", "rejected")
 
 
 def _features() -> tfds.features.FeaturesDict:
-  """Texts, the example id and every PAIR_FIELD as float64, NaN where a record has none."""
+  """Texts, the example id and every PAIR_FIELD as float64, NaN where a record has none.
+
+  ``rejected`` is "" for an unpaired record (a pair's is never empty: the readers refuse
+  it); ``messages`` holds a conversation's messages as JSON ("" for text records);
+  ``record`` is the example's index among its files' records (it differs from
+  ``example_id`` in a split held out of another, see ``Holdout``).
+  """
   return tfds.features.FeaturesDict({
       "prompt": tfds.features.Text(),
       "chosen": tfds.features.Text(),
       "rejected": tfds.features.Text(),
+      "messages": tfds.features.Text(),
       "example_id": np.int64,
+      "record": np.int64,
       **{field: np.float64 for field in readers.PAIR_FIELDS},
   })
 
@@ -73,13 +84,19 @@ class _PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
 
 _PAIR_FIELDS_NOTE = "PAIR_FIELDS (labels, preference_prob, scores) as float64, NaN = none."
+_MESSAGES_NOTE = "Conversations' messages, unpaired records, record indices."
 
 
-def _examples(records: list[dict]) -> Iterator[tuple[int, dict]]:
+def _examples(records: list[dict],
+              positions: Sequence[int] | None = None) -> Iterator[tuple[int, dict]]:
+  """(key, example) of each record; ``positions``: the records' indices in their files."""
   # The readers accept only finite numbers, so NaN unambiguously means "not given".
   for i, r in enumerate(records):
+    messages = r.get("messages")
     yield i, {"prompt": r["prompt"], "chosen": r["chosen"],
-              "rejected": r["rejected"], "example_id": i,
+              "rejected": "" if r["rejected"] is None else r["rejected"],
+              "messages": "" if messages is None else json.dumps(messages, ensure_ascii=False),
+              "example_id": i, "record": i if positions is None else int(positions[i]),
               **{f: r.get(f, math.nan) for f in readers.PAIR_FIELDS}}
 
 
@@ -109,8 +126,9 @@ def synthetic_config(num_train: int = 5000, num_test: int = 500, seed: int = 0,
 class SyntheticPreferences(_PreferenceBuilder, skip_registration=True):
   """The built-in digit-sorting preference task as a TFDS dataset."""
 
-  VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": _PAIR_FIELDS_NOTE}
+  VERSION = tfds.core.Version("1.2.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": _PAIR_FIELDS_NOTE,
+                   "1.2.0": _MESSAGES_NOTE}
 
   def __init__(self, *, config: SyntheticConfig | None = None, num_train: int = 5000,
                num_test: int = 500, seed: int = 0, min_digits: int = 3,
@@ -142,12 +160,34 @@ class SyntheticPreferences(_PreferenceBuilder, skip_registration=True):
 # Local files
 
 
+@dataclasses.dataclass(frozen=True)
+class Holdout:
+  """An eval split held out of a path that has no split of that name, by prompt.
+
+  Applies when the path's only split is its training split (a single file, or a
+  directory of ``train.*`` files) and ``eval_split`` is missing: a seeded ``fraction`` of
+  the records (at least one), whole prompts at a time, so that the pairs of one prompt
+  never straddle train and eval. ``fraction`` 0 turns it off (the missing split is then
+  an error, as before).
+  """
+
+  eval_split: str
+  fraction: float
+  seed: int = 0
+
+  def source_split(self, path: str) -> str | None:
+    """The split of ``path`` this eval split is held out of, or None when it does not apply."""
+    return readers.held_out_of(path, self.eval_split) if self.fraction > 0 else None
+
+
 @dataclasses.dataclass(eq=False, kw_only=True)
 class LocalConfig(tfds.core.BuilderConfig):
   path: str = ""
   splits: tuple[str, ...] = ()
   # split -> files, resolved once when the config is made (and hashed).
   files: dict = dataclasses.field(default_factory=dict)
+  # (source split, Holdout) when an eval split is held out of the source split.
+  holdout: tuple = ()
 
 
 def _slug(path: str) -> str:
@@ -155,17 +195,26 @@ def _slug(path: str) -> str:
   return re.sub(r"[^a-z0-9]+", "_", base.lower()).strip("_")[:40] or "data"
 
 
-def local_config(path: str, splits: Sequence[str] | None = None) -> LocalConfig:
+def local_config(path: str, splits: Sequence[str] | None = None,
+                 holdout: Holdout | None = None) -> LocalConfig:
   """A config for ``path`` named by a hash of the content of its split files.
 
-  ``splits`` defaults to every split ``readers.available_splits`` finds.
+  ``splits`` defaults to every split ``readers.available_splits`` finds. With a
+  ``holdout`` that applies to ``path``, the config has two splits: the source split less
+  the held-out records, and ``holdout.eval_split``.
   """
   path = os.path.abspath(path)
+  source = holdout.source_split(path) if holdout else None
+  if source:
+    splits = (source, holdout.eval_split)
   splits = tuple(splits) if splits else tuple(readers.available_splits(path))
   if not splits:
     raise DataError(f"{path}: no preference files found")
-  files = {s: tuple(readers.split_files(path, s)) for s in splits}
+  files = {s: tuple(readers.split_files(path, source or s)) for s in splits}
   h = hashlib.sha256(f"reader={readers.READER_VERSION}\n".encode())
+  if source:
+    h.update(f"holdout={source}:{holdout.eval_split}:{holdout.fraction!r}:{holdout.seed}\n"
+             .encode())
   for split in splits:
     for file in files[split]:
       h.update(f"{split}\0{os.path.relpath(file, path)}\0".encode())
@@ -175,22 +224,46 @@ def local_config(path: str, splits: Sequence[str] | None = None) -> LocalConfig:
       h.update(b"\0")
   name = f"{_slug(path)}_{h.hexdigest()[:16]}"
   return LocalConfig(name=name, path=path, splits=splits, files=files,
+                     holdout=(source, holdout) if source else (),
                      description=f"Preference pairs read from {path}.")
+
+
+def split_by_prompt(records: Sequence[dict], fraction: float, seed: int,
+                    where: str) -> tuple[list[int], list[int]]:
+  """(kept, held-out) record indices: whole prompts in a seeded hash order until at least
+  ``fraction`` of the records (and at least one) are held out; one prompt always stays."""
+  groups: dict[str, list[int]] = {}
+  for i, record in enumerate(records):
+    groups.setdefault(record["prompt"], []).append(i)
+  if len(groups) < 2:
+    raise DataError(f"{where}: every record has the same prompt, so no eval split can be held "
+                    f"out by prompt; give one as a file (or set config.data.eval_fraction=0 "
+                    f"and an existing config.data.eval_split)")
+  key = lambda prompt: hashlib.sha256(f"{seed}\0{prompt}".encode("utf-8")).digest()  # noqa: E731
+  want = max(1, round(fraction * len(records)))
+  held: list[int] = []
+  for prompt in sorted(groups, key=key)[:-1]:
+    if len(held) >= want:
+      break
+    held.extend(groups[prompt])
+  held_set = set(held)
+  return [i for i in range(len(records)) if i not in held_set], sorted(held)
 
 
 class LocalPreferences(_PreferenceBuilder, skip_registration=True):
   """Local JSONL / JSON / Parquet preference files as a TFDS dataset."""
 
-  VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": _PAIR_FIELDS_NOTE}
+  VERSION = tfds.core.Version("1.2.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": _PAIR_FIELDS_NOTE,
+                   "1.2.0": _MESSAGES_NOTE}
 
   def __init__(self, *, config: LocalConfig | None = None, path: str | None = None,
-               splits: Sequence[str] | None = None, file_format: str = _FILE_FORMAT,
-               **kwargs):
+               splits: Sequence[str] | None = None, holdout: Holdout | None = None,
+               file_format: str = _FILE_FORMAT, **kwargs):
     if config is None:
       if not path:
         raise ValueError("LocalPreferences needs path= (or config=)")
-      config = local_config(path, splits)
+      config = local_config(path, splits, holdout)
     super().__init__(config=config, file_format=file_format, **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -200,7 +273,18 @@ class LocalPreferences(_PreferenceBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     cfg = self.builder_config
+    if cfg.holdout:
+      return self._held_out_splits()
     return {s: self._generate_examples(cfg.files[s]) for s in cfg.splits}
+
+  def _held_out_splits(self):
+    source, holdout = self.builder_config.holdout
+    files = self.builder_config.files[source]
+    records = readers.read_files(files)
+    kept, held = split_by_prompt(records, holdout.fraction, holdout.seed,
+                                 f"{', '.join(files)} (split {source!r})")
+    return {source: _examples([records[i] for i in kept], kept),
+            holdout.eval_split: _examples([records[i] for i in held], held)}
 
   def _generate_examples(self, files: Sequence[str]):
     return _examples(readers.read_files(files))
@@ -228,13 +312,20 @@ class PreferenceSource(Sequence[dict]):
   def locate(self, index: int, field: str | None = None) -> str:
     """Where example ``index`` came from: its file and line / record when local."""
     if self.files:
-      return readers.locate_record(self.files, index, field)
+      return readers.locate_record(self.files, int(self._ds[index]["record"]), field)
     return locate(self.name, record=index, field=field)
 
   @staticmethod
   def _convert(rec: dict) -> dict:
-    out = {k: rec[k].decode("utf-8") if isinstance(rec[k], bytes) else str(rec[k])
-           for k in _TEXT_FIELDS}
+    """A stored example as the readers' record: 'rejected' None for an unpaired record,
+    'messages' (decoded) for a conversation."""
+    text = lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v)  # noqa: E731
+    out = {k: text(rec[k]) for k in _TEXT_FIELDS}
+    if not out["rejected"]:
+      out["rejected"] = None
+    messages = text(rec["messages"])
+    if messages:
+      out["messages"] = json.loads(messages)
     out["example_id"] = int(rec["example_id"])
     for field in readers.PAIR_FIELDS:
       value = float(rec[field])
@@ -269,9 +360,11 @@ class PreferenceSource(Sequence[dict]):
 
 class _DropCustomConfigWarning(logging.Filter):
   # TFDS warns "Using custom data configuration" for every config not listed
-  # in BUILDER_CONFIGS; ours are all made on the fly, so it is pure noise.
+  # in BUILDER_CONFIGS (ours are all made on the fly), and "Variant folder ... has no
+  # dataset_info.json" when asked whether a cache not yet written is prepared: pure noise.
   def filter(self, record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("Using custom data configuration")
+    return not str(record.msg).startswith(("Using custom data configuration",
+                                           "Variant folder"))
 
 
 @contextlib.contextmanager
@@ -290,14 +383,45 @@ def _quiet():
     tfds.display_progress_bar(previous)
 
 
-def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
-  """``download_and_prepare`` quietly (a no-op when already prepared)."""
+# A prepared split takes at least one array_record block per file, plus metadata.
+_MIN_SPLIT_BYTES = 256 * 1024
+_SYNTHETIC_RECORD_BYTES = 512  # a generous bound on a digit-sorting record
+
+
+def cache_bytes(builder) -> int:
+  """About what preparing `builder` writes: its source files' size twice over (the parsed
+  records, with their messages and file positions), or a per-record bound for the synthetic
+  task; at least one block per split."""
+  config = builder.builder_config
+  if isinstance(config, LocalConfig):
+    files = {f for fs in config.files.values() for f in fs}
+    return 2 * sum(os.path.getsize(f) for f in files) + 2 * _MIN_SPLIT_BYTES
+  return ((config.num_train + config.num_test) * _SYNTHETIC_RECORD_BYTES
+          + 2 * _MIN_SPLIT_BYTES)
+
+
+def prepare(builder: tfds.core.DatasetBuilder, check_space=None) -> tfds.core.DatasetBuilder:
+  """``download_and_prepare`` quietly (a no-op when already prepared).
+
+  ``check_space(needed_bytes)`` is called first when the builder is not prepared yet, to
+  refuse before writing into a disk that cannot hold the cache. TFDS's "Downloading and
+  preparing" banner (printed, not logged) is replaced by one log line.
+  """
   with _quiet():
+    if builder.is_prepared():
+      return builder
+  needed = cache_bytes(builder)
+  if check_space is not None:
+    check_space(needed)
+  absl_logging.info("preparing the data cache (about %d KB) in %s", needed // 1024,
+                    builder.data_dir)
+  with _quiet(), contextlib.redirect_stdout(io.StringIO()):
     builder.download_and_prepare()
   return builder
 
 
 def load_preference_source(path: str, split: str, data_dir: str,
+                           holdout: Holdout | None = None, check_space=None,
                            **synthetic_kwargs) -> PreferenceSource:
   """Prepares (once, cached under ``data_dir``) and opens one split.
 
@@ -305,6 +429,10 @@ def load_preference_source(path: str, split: str, data_dir: str,
   ``SyntheticPreferences``: num_train, num_test, seed, min_digits,
   max_digits); otherwise ``path`` is a local file or directory, prepared
   one split per config. ``test`` and ``validation`` stand in for each other.
+  ``holdout`` (local paths): when ``path`` lacks ``holdout.eval_split`` and has one
+  split only, that split and the eval split are the two parts of a ``Holdout``
+  (pass the same ``Holdout`` for both; loading the eval split logs the sizes once).
+  ``check_space(needed_bytes)``: see ``prepare``.
 
   Several processes sharing ``data_dir`` should let one prepare first (TFDS
   writes to a temporary directory and renames it, but concurrent first
@@ -315,14 +443,31 @@ def load_preference_source(path: str, split: str, data_dir: str,
                     f"with a local path {path!r}")
   with _quiet():
     if not path:
+      holdout = None
       builder = SyntheticPreferences(data_dir=data_dir, **synthetic_kwargs)
       split = "test" if split == "validation" else split
     else:
-      builder = LocalPreferences(data_dir=data_dir, path=path, splits=(split,))
-  prepare(builder)
+      source = holdout.source_split(path) if holdout else None
+      if not source or split not in (source, holdout.eval_split):
+        holdout = None
+      builder = LocalPreferences(data_dir=data_dir, path=path, splits=(split,),
+                                 holdout=holdout)
+  prepare(builder, check_space)
   if split not in builder.info.splits:
     raise DataError(f"{path or 'synthetic'}: no {split!r} split; have "
                             f"{sorted(builder.info.splits)}")
   files = builder.builder_config.files.get(split, ()) if path else ()
+  if holdout and split == holdout.eval_split:
+    _log_holdout(path, builder, holdout)
   return PreferenceSource(builder.as_data_source(split=split),
                           name=f"{path or 'synthetic task'} (split {split!r})", files=files)
+
+
+def _log_holdout(path: str, builder, holdout: Holdout) -> None:
+  source, _ = builder.builder_config.holdout
+  sizes = {s: builder.info.splits[s].num_examples for s in (source, holdout.eval_split)}
+  absl_logging.info(
+      "%s has no %r split: held out %d of its %d %r records by prompt as the eval split "
+      "(config.data.eval_fraction=%g, seed %d); training uses the other %d",
+      path, holdout.eval_split, sizes[holdout.eval_split], sum(sizes.values()), source,
+      holdout.fraction, holdout.seed, sizes[source])

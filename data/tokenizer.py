@@ -15,6 +15,8 @@ import json
 import os
 from typing import Protocol, Sequence, runtime_checkable
 
+from data.chat_template import SPECIAL_TOKEN_NAMES, load_chat_template
+
 
 @runtime_checkable
 class Tokenizer(Protocol):
@@ -45,6 +47,9 @@ class Tokenizer(Protocol):
   def decode(self, ids: Sequence[int]) -> str:
     """Ids to text; special tokens are skipped."""
     ...
+
+  # Optional: `chat_template`, a data.chat_template.ChatTemplate (None or absent: the
+  # conversational records render in the built-in format of data.readers).
 
 
 class ByteTokenizer:
@@ -121,6 +126,11 @@ class HFTokenizer:
   Special tokens (eos, bos, pad) are read from ``tokenizer_config.json`` and
   ``special_tokens_map.json`` when present. ``pad`` falls back to ``eos``
   (padding is always masked, so reusing eos is safe); ``bos`` may be absent.
+  ``chat_template`` is the directory's ``data.chat_template.ChatTemplate``, or None.
+
+  ``encode`` matches added tokens in the text (the ``tokenizers`` library always does,
+  special or not), so the ``<|start_header_id|>`` a chat template writes becomes that one
+  token, exactly as transformers' ``apply_chat_template(tokenize=True)`` tokenizes it.
   """
 
   def __init__(self, directory: str | os.PathLike):
@@ -143,6 +153,7 @@ class HFTokenizer:
 
     specials: dict[str, str | None] = {}
     sources: dict[str, str] = {}
+    tokenizer_config = None
     for name in _SPECIAL_TOKEN_FILES:
       cfg_path = os.path.join(directory, name)
       if not os.path.isfile(cfg_path):
@@ -154,7 +165,9 @@ class HFTokenizer:
         raise ValueError(f"HFTokenizer: cannot parse {cfg_path}: {e}") from e
       if not isinstance(cfg, dict):
         raise ValueError(f"HFTokenizer: {cfg_path} must hold a JSON object")
-      for key in ("eos_token", "bos_token", "pad_token"):
+      if name == "tokenizer_config.json":
+        tokenizer_config = cfg
+      for key in SPECIAL_TOKEN_NAMES:
         if key in cfg:
           specials[key] = _token_content(cfg[key])
           sources[key] = cfg_path
@@ -179,6 +192,9 @@ class HFTokenizer:
     self._bos = token_id("bos_token")
     pad = token_id("pad_token")
     self._pad = eos if pad is None else pad
+    # Rendered with the named special tokens as given (pad_token only when one is defined).
+    self.chat_template = load_chat_template(
+        directory, tokenizer_config, {k: specials.get(k) for k in SPECIAL_TOKEN_NAMES})
 
   @property
   def vocab_size(self) -> int:

@@ -28,13 +28,12 @@ flags.mark_flag_as_required("checkpoint")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from data.errors import DataError  # after flag parsing: keeps --help fast
-  from training import config_check, oracles, rounds
-
+  cli.quiet_libraries()
   config = cli.checked_config()
+  from training import rounds  # after the checks: a refusal comes before heavy imports
   try:
     result = rounds.evaluate_checkpoint(config, cli.workdir(), _CHECKPOINT.value)
-  except (DataError, config_check.ConfigError, oracles.OracleError) as e:
+  except cli.refusals() as e:
     cli.fail(e)
   line = json.dumps({"checkpoint": _CHECKPOINT.value, **result})
   print(line)

@@ -29,14 +29,15 @@ def format_round(row: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.quiet_libraries()
   cli.maybe_initialize_distributed()
-  from data.errors import DataError  # after flag parsing: keeps --help fast
-  from training import config_check, oracles, rounds
-
   config = cli.checked_config()
   try:
-    summary = rounds.iterate(config, cli.workdir())
-  except (DataError, config_check.ConfigError, oracles.OracleError) as e:
+    with cli.claimed_workdir():
+      from training import rounds  # after the checks: a refusal comes before heavy imports
+      print(cli.run_summary(config, cli.workdir()), flush=True)
+      summary = rounds.iterate(config, cli.workdir())
+  except cli.refusals() as e:
     cli.fail(e)
   for row in summary.get("rounds", []):
     print(format_round(row))

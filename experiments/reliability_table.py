@@ -123,6 +123,7 @@ def _two_types(scratch):
 
 
 _U, _A = "user", "assistant"
+_UNPAIRED = {"prompt": "Sort 312.", "completion": "123", "label": True}
 DATA_CASES = [
     Case("JSON Lines", "a line that is not valid JSON (cut short)",
          _read("a.jsonl", _line2(b'{"prompt": "p", "chosen": "c",')), "a.jsonl:2: invalid JSON"),
@@ -234,6 +235,19 @@ DATA_CASES = [
          _read("c.jsonl", _line2({"prompt": [_msg("human", "hi")], "chosen": [_msg(_A, "x")],
                                   "rejected": [_msg(_A, "y")]})),
          "field 'prompt[0].role': unknown role 'human'"),
+    Case("Layouts", "a pair and an unpaired record (prompt/completion/label) in one split",
+         _read("a.jsonl", [GOOD, _UNPAIRED]),
+         "field 'completion': this split's first record is pairs, this one is not"),
+    Case("Layouts", "`score_chosen` (UltraFeedback) given with `chosen_score`",
+         _read("a.jsonl", _line2(_std(score_chosen=1.0, chosen_score=2.0))),
+         "field 'score_chosen': given with 'chosen_score', its other name; give one"),
+    Case("Layouts", "a transcript without a prompt or an `Assistant:` header (HH-RLHF)",
+         _read("a.jsonl", _line2({"chosen": "\n\nHuman: hi\n\nAssistant: a",
+                                  "rejected": "no header"})),
+         "transcripts without a prompt need a shared '\\n\\nAssistant:' header"),
+    Case("Layouts", "an unpaired record whose `label` is a string",
+         _read("a.jsonl", _line2(dict(_UNPAIRED, label="yes"))),
+         "field 'label': must be true or false, got 'yes'"),
     Case("Paths", "a path that does not exist", _read("x", None, read_as="missing.jsonl"),
          "missing.jsonl: no such file or directory"),
     Case("Paths", "an unsupported file type (.csv)", _read("a.csv", b"prompt,chosen\n"),
@@ -293,6 +307,10 @@ PIPELINE_CASES = [
          _pipeline({"train.jsonl": [_std(chosen_label=1), GOOD]}),
          "prefs/train.jsonl:2: record 1: field 'chosen_label': missing, but other records "
          "give it"),
+    Case("Pipeline", "unpaired records for a pairwise loss (DPO)",
+         _pipeline({"train.jsonl": [_UNPAIRED]}),
+         "prefs/train.jsonl:1: record 0: field 'chosen': missing: an unpaired record "
+         "(prompt/completion/label), but this loss trains on preference pairs"),
     Case("Pipeline", "fewer usable pairs than `batch_size` after dropping",
          _pipeline({"train.jsonl": [GOOD, _SAME]}, batch_size=2),
          "(split 'train'): only 1 usable pairs, fewer than batch_size 2"),
@@ -386,7 +404,8 @@ CONFIG_CASES = [
          _config(lambda s: {"data.path": os.path.join(s, "nope.jsonl")}),
          "config.data.path: DIR/nope.jsonl does not exist", ValueError),
     Case("Data", "`data.path` a single file (it has no `test` split for eval)",
-         _config(lambda s: {"data.path": _write(os.path.join(s, "p.jsonl"), [GOOD])}),
+         _config(lambda s: {"data.path": _write(os.path.join(s, "p.jsonl"), [GOOD]),
+                            "data.eval_fraction": 0.0}),  # > 0: a held-out split instead
          "config.data.eval_split='test'", ValueError),
     Case("Data", "`data.path` a directory without the train split",
          _config(lambda s: {"data.path": os.path.dirname(
@@ -424,6 +443,16 @@ CONFIG_CASES = [
          "config.reference.mode must be one of", ValueError),
     Case("Run", "unknown `nonfinite`", _config({"nonfinite": "ignore"}),
          "config.nonfinite must be one of", ValueError),
+    Case("Run", "`resume.allow_changes` naming no field",
+         _config({"resume.allow_changes": "loss.beta,optimizer.lr"}),
+         "config.resume.allow_changes: 'optimizer.lr' is not a config field", ValueError),
+    Case("Run", "`export.hf_dir` for a GPM run (no causal-LM class)",
+         _config({"loss.name": "gpm", "export.hf_dir": "/tmp/out"}),
+         "config.export.hf_dir: a 'gpm' run trains a model with a gpm head", ValueError),
+    Case("Run", "`export.hf_dir` on 4 processes",
+         _config({"export.hf_dir": "/tmp/out", "batch_size": 32}, num_devices=4,
+                 process_count=4),
+         "config.export.hf_dir: a run on 4 processes cannot write the whole model", ValueError),
 ]
 
 
@@ -477,6 +506,196 @@ CLI_CASES = [
 ]
 
 CASES = DATA_CASES + PIPELINE_CASES + CONFIG_CASES + CLI_CASES
+
+
+# --------------------------------------------------------------------------
+# The workdir: a trained run's workdir resumed with another config, contended, or damaged,
+# through `python -m experiments.train` for real.
+
+# The tiny preset shrunk to one layer and one bucket: 8 steps, checkpoints at 4 and 8.
+WORKDIR_STEPS = 8
+WORKDIR_FLAGS = (
+    CLI_CONFIG, f"--config.total_steps={WORKDIR_STEPS}", "--config.checkpoint_every=4",
+    "--config.batch_size=8", "--config.eval_batch_size=8", "--config.log_every=1",
+    "--config.eval_every=4", "--config.progress_bar=False", "--config.optimizer.warmup_steps=1",
+    "--config.model.num_layers=1", "--config.model.hidden_size=64",
+    "--config.model.intermediate_size=128", "--config.model.num_kv_heads=2",
+    "--config.data.synthetic_train_size=256", "--config.data.synthetic_test_size=24",
+    "--config.data.buckets=(64,)")
+
+
+def workdir_command(workdir: str, data_dir: str, *flags: str) -> list[str]:
+  """`python -m experiments.train` on WORKDIR_FLAGS (later flags win) with a TFDS cache."""
+  return [sys.executable, "-m", "experiments.train", f"--workdir={workdir}", *WORKDIR_FLAGS,
+          f"--config.data.data_dir={data_dir}", *flags]
+
+
+def run_cli(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+  return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"), **kwargs)
+
+
+def snapshot(directory: str) -> dict[str, str]:
+  """{relative path: sha256} of every file under `directory` (to show nothing changed)."""
+  import hashlib
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def _truncate_checkpoints(workdir: str, scratch: str):
+  del scratch
+  for root, _, files in os.walk(os.path.join(workdir, "checkpoints")):
+    for name in files:
+      path = os.path.join(root, name)
+      os.truncate(path, os.path.getsize(path) // 2)
+
+
+def _break_config_json(workdir: str, scratch: str):
+  del scratch
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write('{"seed": 0,')
+
+
+def _other_prefs(workdir: str, scratch: str):
+  del workdir
+  os.makedirs(os.path.join(scratch, "prefs"), exist_ok=True)
+  for split in ("train", "test"):
+    _write(os.path.join(scratch, "prefs", f"{split}.jsonl"), [GOOD] * 8)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkdirCase:
+  """A refused resume of a trained workdir: `damage(workdir, scratch)` first (if any), then
+  the CLI with `flags` ("{scratch}" filled in), while this process holds the lock if
+  `hold_lock`. The user must see one `error:` line holding `expect`, exit 2."""
+
+  what: str
+  flags: tuple[str, ...] = ()
+  expect: str = ""
+  damage: Callable[[str, str], None] | None = None
+  hold_lock: bool = False
+
+
+WORKDIR_CASES = [
+    WorkdirCase("`loss.beta` changed on resume", ("--config.loss.beta=0.5",),
+                "(loss.beta: 0.1 -> 0.5); resuming would change its result"),
+    WorkdirCase("learning rate and seed changed on resume",
+                ("--config.optimizer.learning_rate=0.01", "--config.seed=1"),
+                "(optimizer.learning_rate: 0.001 -> 0.01, seed: 0 -> 1)"),
+    WorkdirCase("another `data.path` on resume", ("--config.data.path={scratch}/prefs",),
+                'data.path: "" -> "', _other_prefs),
+    WorkdirCase("other training data, the change allowed by `resume.allow_changes`",
+                ("--config.data.synthetic_train_size=128",
+                 "--config.resume.allow_changes=data.synthetic_train_size"),
+                "resuming would train on other batches"),
+    WorkdirCase("every checkpoint damaged (files cut in half)", (),
+                "no checkpoint in", _truncate_checkpoints),
+    WorkdirCase("`config.json` that is not JSON", (),
+                "cannot read the run's saved config", _break_config_json),
+    WorkdirCase("the workdir held by another run", (), "is in use by pid", hold_lock=True),
+    WorkdirCase("`resume.allow_changes` naming no field",
+                ("--config.resume.allow_changes=loss.bet",), "'loss.bet' is not a config field"),
+]
+
+
+def run_workdir_case(case: WorkdirCase, trained: str, data_dir: str, scratch: str):
+  """(CompletedProcess, workdir unchanged?) of `case` on a copy of the `trained` workdir."""
+  import contextlib
+  import shutil
+  from training import workdir as workdir_lib
+
+  workdir = os.path.join(scratch, "run")
+  shutil.copytree(trained, workdir)
+  if case.damage is not None:
+    case.damage(workdir, scratch)
+  flags_ = [f.replace("{scratch}", scratch) for f in case.flags]
+  holder = workdir_lib.claim(workdir) if case.hold_lock else contextlib.nullcontext()
+  with holder:
+    before = snapshot(workdir)
+    done = run_cli(workdir_command(workdir, data_dir, *flags_))
+    unchanged = snapshot(workdir) == before
+  return done, unchanged
+
+
+def error_lines(stderr: str) -> list[str]:
+  return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+def two_runs(workdir: str, data_dir: str, *flags: str) -> list[tuple[int, str, float]]:
+  """Starts two identical runs on `workdir` at once: [(exit code, stderr, seconds to exit)]."""
+  import time
+  command = workdir_command(workdir, data_dir, *flags)
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  with tempfile.TemporaryFile("w+") as err0, tempfile.TemporaryFile("w+") as err1:
+    start = time.perf_counter()
+    procs = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=err) for err in (err0, err1)]
+    ended = [None, None]
+    while None in ended:
+      for i, proc in enumerate(procs):
+        if ended[i] is None and proc.poll() is not None:
+          ended[i] = time.perf_counter() - start
+      time.sleep(0.02)
+    out = []
+    for proc, err, seconds in zip(procs, (err0, err1), ended):
+      err.seek(0)
+      out.append((proc.returncode, err.read(), seconds))
+  return out
+
+
+def final_checksums(workdir: str) -> dict:
+  """The per-array checksums saved with the newest checkpoint (equal iff bitwise equal)."""
+  from training.checkpoint import Checkpointer
+  with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+    return ckpt.read()[1]["checksums"]
+
+
+TMPFS_BYTES = 30 * 2**20
+
+
+def disk_full(scratch: str, data_dir: str, free_bytes: int = 1900 * 2**10) -> dict | None:
+  """A run whose workdir is a 30 MB tmpfs with `free_bytes` left (one checkpoint fits, the
+  second does not), then resumed once the space is freed. None where no tmpfs can be mounted
+  (not root, or no mount permission in the container).
+
+  First, with only 300 KB free, a run whose data cache would be written there is refused.
+
+  Returns: no_cache_space (CompletedProcess), failed (CompletedProcess), steps (checkpoint
+  steps left), restorable (the newest one restores), resumed (CompletedProcess), workdir.
+  """
+  mount = os.path.join(scratch, "tmpfs")
+  os.makedirs(mount, exist_ok=True)
+  if os.geteuid() != 0 or subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", mount],
+      capture_output=True, check=False).returncode != 0:
+    return None
+  try:
+    filler = os.path.join(mount, "filler")
+    with open(filler, "wb") as f:
+      os.posix_fallocate(f.fileno(), 0, TMPFS_BYTES - 300 * 2**10)
+    workdir = os.path.join(mount, "run")
+    no_cache_space = run_cli(workdir_command(os.path.join(mount, "cache_run"),
+                                             os.path.join(mount, "tfds")))
+    os.truncate(filler, TMPFS_BYTES - free_bytes)
+    failed = run_cli(workdir_command(workdir, data_dir))
+    checkpoints = os.path.join(workdir, "checkpoints")
+    steps = sorted(int(n) for n in os.listdir(checkpoints) if n.isdigit())
+    restorable = True
+    try:
+      final_checksums(workdir)
+    except Exception:  # noqa: BLE001 - recorded, the caller asserts it
+      restorable = False
+    os.remove(filler)
+    resumed = run_cli(workdir_command(workdir, data_dir))
+    return dict(no_cache_space=no_cache_space, failed=failed, steps=steps, restorable=restorable, resumed=resumed,
+                checksums=final_checksums(workdir), workdir=workdir)
+  finally:
+    subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
 
 
 # --------------------------------------------------------------------------
@@ -574,6 +793,76 @@ def _fuzz_section(scratch: str) -> list[str]:
   return lines
 
 
+def _workdir_section(scratch: str) -> list[str]:
+  data_dir = os.path.join(scratch, "workdir_tfds")
+  trained = os.path.join(scratch, "trained")
+  done = run_cli(workdir_command(trained, data_dir))
+  if done.returncode != 0:
+    raise SystemExit(f"the trained workdir could not be made:\n{done.stderr[-3000:]}")
+
+  def shown(done, d):
+    if "Traceback" in done.stderr:
+      return "a traceback"
+    return code(" / ".join(error_lines(done.stderr)).replace(d, "DIR") or "(nothing)")
+
+  lines = [
+      "### The workdir (`training.workdir`, `training.checkpoint`)", "",
+      f"A workdir trained for {WORKDIR_STEPS} steps by `python -m experiments.train` (the tiny "
+      "preset shrunk to one layer; checkpoints at steps 4 and 8), copied, damaged or held as "
+      "the row says, and resumed with the flags shown; `DIR` is the copy's scratch directory. "
+      "'unchanged' compares every file of the workdir (checkpoints, `metrics.jsonl`, "
+      "`config.json`, the lock file) byte for byte before and after.", "",
+      "| scenario | flags | user sees | exit | workdir unchanged |", "|---|---|---|---|---|"]
+  tracebacks = 0
+  for case in WORKDIR_CASES:
+    d = os.path.realpath(tempfile.mkdtemp(dir=scratch))
+    done, unchanged = run_workdir_case(case, trained, data_dir, d)
+    tracebacks += "Traceback" in done.stderr
+    flags_ = " ".join(f.replace("{scratch}", "DIR") for f in case.flags) or "—"
+    lines.append(f"| {cell(case.what)} | {code(flags_)} | {shown(done, d)} | "
+                 f"{done.returncode} | {'yes' if unchanged else 'NO'} |")
+
+  d = os.path.realpath(tempfile.mkdtemp(dir=scratch))
+  for label, workdir, flags_ in (
+      ("two runs started together on a fresh workdir", os.path.join(d, "fresh"), ()),
+      ("two runs started together resuming a trained workdir", os.path.join(d, "trained"),
+       ("--config.total_steps=10",))):
+    if "fresh" not in workdir:
+      import shutil
+      shutil.copytree(trained, workdir)
+    runs = sorted(two_runs(workdir, data_dir, *flags_), key=lambda r: r[0])
+    tracebacks += sum("Traceback" in r[1] for r in runs)
+    refused = runs[-1]
+    lines.append(
+        f"| {label} | {code(' '.join(flags_) or '—')} | one trains (exit {runs[0][0]}); the "
+        f"other, after {refused[2]:.1f} s: "
+        f"{code(' / '.join(error_lines(refused[1])).replace(d, 'DIR'))} | "
+        f"{refused[0]} | — |")
+  full = disk_full(os.path.realpath(tempfile.mkdtemp(dir=scratch)), data_dir)
+  if full is None:
+    lines.append("| the workdir's disk full mid-run | — | (not run: no tmpfs could be mounted "
+                 "here) | — | — |")
+  else:
+    tracebacks += "Traceback" in full["failed"].stderr
+    tracebacks += "Traceback" in full["no_cache_space"].stderr
+    mount = os.path.dirname(full["workdir"])
+    lines.append(
+        f"| a fresh run whose data cache would go to a disk with 300 KB free | — | "
+        f"{code(' / '.join(error_lines(full['no_cache_space'].stderr)).replace(mount, 'TMPFS'))}"
+        f" | {full['no_cache_space'].returncode} | — |")
+    lines.append(
+        f"| the workdir's disk full mid-run (a 30 MB tmpfs with 1.9 MB free: the checkpoint "
+        f"of step 4 fits, that of step 8 does not) | — | "
+        f"{code(' / '.join(error_lines(full['failed'].stderr)).replace(mount, 'TMPFS'))}; "
+        f"checkpoints left: {full['steps']}, the newest "
+        f"{'restores' if full['restorable'] else 'DOES NOT restore'}; after freeing the space "
+        f"the same command resumes (exit {full['resumed'].returncode}) and ends "
+        f"{'bitwise equal' if full['checksums'] == final_checksums(trained) else 'DIFFERENT'}"
+        f" to an uninterrupted run | {full['failed'].returncode} | — |")
+  lines += ["", f"Scenarios: {len(WORKDIR_CASES) + 4}; raw tracebacks: {tracebacks}."]
+  return lines
+
+
 def render() -> str:
   """The generated block, markers included."""
   out = [BEGIN, "", "## Hostile inputs", "",
@@ -609,6 +898,7 @@ def render() -> str:
       results = [run_case(c, scratch) for c in cases]
       seen = [seen_as(c, scratch) for c in cases] if with_seen else None
       out += [title, "", note, ""] + _table(cases, results, seen) + [""]
+    out += _workdir_section(scratch) + [""]
     out += _fuzz_section(scratch) + ["", END]
   return "\n".join(out) + "\n"
 

@@ -7,19 +7,22 @@ Re-running with the same workdir resumes from its newest checkpoint.
 
 A bad command line or input is refused with one line on stderr, `error: ...`, and exit code 2
 (no traceback): an override naming no config field (`--config.loss.bogus=1`) or of the wrong
-type (`--config.batch_size=abc`), a value `training.config_check` rejects, and a
+type (`--config.batch_size=abc`), a value `training.config_check` rejects, a
 `data.DataError` (naming file, record and field) or `ConfigError` raised while the run is
-built. A `config.nonfinite="halt"` stop prints its report the same way, with exit code 1.
+built, a workdir held by another run or holding a run with another config, a checkpoint that
+cannot be resumed, and a write that fails (no space left on device): `refusals()`. A
+`config.nonfinite="halt"` stop prints its report the same way, with exit code 1.
 """
 
 import difflib
 import json
 import re
-import sys
 
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 from ml_collections.config_flags import config_path
+
+from experiments.common import fail, quiet_libraries, refusals  # noqa: F401 (shared by the CLIs)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file[:preset].",
                                           lock_config=True)
@@ -34,18 +37,6 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 _OVERRIDE = re.compile(r"--?(?:no)?config\.([^=]+)")  # ml_collections' override syntax
-
-
-def _fail(message, exit_code: int = 2):
-  """Ends the program with one line on stderr instead of a traceback or absl's help text.
-
-  A multi-line message (ml_collections embeds a traceback when a config file fails to load)
-  is cut to its first and last lines, which hold the flag and the cause.
-  """
-  lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-  text = " ... ".join(lines[:1] + lines[-1:]) if len(lines) > 1 else "".join(lines)
-  sys.stderr.write(f"error: {text}\n")
-  sys.exit(exit_code)
 
 
 def field_problem(config: ConfigDict, path: str) -> str | None:
@@ -102,20 +93,28 @@ def parse_flags(argv):
     _CONFIG.value.get  # ml_collections defers a config file's load error to its first use
     return argv
   except flags.Error as e:  # wrong types (absl's message names the flag), missing flags
-    _fail(e)
+    fail(e)
   except OSError as e:  # the config file does not load
-    _fail(f"--config: {e}")
+    fail(f"--config: {e}")
   except (AttributeError, KeyError, IndexError) as e:  # ml_collections: no such field
-    _fail(_unknown_override(argv) or f"a --config.* override cannot be applied: {e!r}")
-
-
-def fail(message, exit_code: int = 2):
-  """`_fail` for the other entry points that share these flags (iterate, evaluate)."""
-  _fail(message, exit_code)
+    fail(_unknown_override(argv) or f"a --config.* override cannot be applied: {e!r}")
 
 
 def workdir() -> str:
   return _WORKDIR.value
+
+
+def claimed_workdir():
+  """The workdir's lock (`training.workdir.claim`), for a `with` around the run: taken right
+  after the config check, so a second run on the workdir is refused before the heavy imports.
+  Only process 0 of a multi-process run takes it."""
+  from training import workdir as workdir_lib
+
+  writer = True
+  if _DISTRIBUTED.value:
+    import jax
+    writer = jax.process_index() == 0
+  return workdir_lib.claim(_WORKDIR.value, writer=writer)
 
 
 def maybe_initialize_distributed():
@@ -135,24 +134,39 @@ def checked_config() -> ConfigDict:
   try:
     config_check.validate(_CONFIG.value)
   except ValueError as e:  # ConfigError, or the algorithm's own ValueError
-    _fail(e)
+    fail(e)
   return _CONFIG.value
+
+
+def run_summary(config, workdir: str) -> str:
+  """One line that says what is about to run, printed before the progress bar."""
+  m, d = config.model, config.data
+  model = m.init_from or f"{m.architecture} {m.num_layers} layers x {m.hidden_size} (random init)"
+  data = d.path or "the built-in sorting task"
+  import algorithms  # already imported by the config check
+  online = algorithms.get_algorithm(config.loss.name).requirements.online is not None
+  steps = (f"{config.online.rounds} rounds of {config.total_steps} steps" if online
+           else f"{config.total_steps} steps")
+  return (f"{config.name} -> {workdir}: loss {config.loss.name} (beta={config.loss.beta}), "
+          f"{model}, data {data}, {steps} of {config.batch_size} pairs, "
+          f"lr {config.optimizer.learning_rate:g} ({config.optimizer.decay})")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  quiet_libraries()
   maybe_initialize_distributed()
-  from data.errors import DataError  # after flag parsing: keeps --help fast
-  from training import config_check, loop
-
   config = checked_config()
   try:
-    summary = loop.train(config, _WORKDIR.value)
-  except (DataError, config_check.ConfigError) as e:  # a bad record found while building
-    _fail(e)
+    with claimed_workdir():
+      from training import loop  # after the checks: a refusal comes before heavy imports
+      print(run_summary(config, _WORKDIR.value), flush=True)
+      summary = loop.train(config, _WORKDIR.value)
+  except refusals() as e:
+    fail(e)
   except loop.NonFiniteError as e:  # config.nonfinite="halt": the message is the report
-    _fail(e, exit_code=1)
+    fail(e, exit_code=1)
   first = summary.get("first_eval", {})
   final = summary.get("final_eval", {})
   for label, metrics in (("step 0", first), (f"step {summary['final_step']}", final)):

@@ -25,7 +25,8 @@ from tests.conftest import ROOT, micro_config
 from training import config_check
 from training import experiment
 
-_FILE_GROUPS = ("JSON Lines", "JSON", "Parquet", "Conversational", "Paths", "Pipeline")
+_FILE_GROUPS = ("JSON Lines", "JSON", "Parquet", "Conversational", "Layouts", "Paths",
+                "Pipeline")
 
 
 @pytest.mark.parametrize("case", table.CASES, ids=lambda c: f"{c.group}: {c.what}")

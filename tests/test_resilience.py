@@ -26,8 +26,8 @@ from data import pipeline
 from tests.conftest import ROOT, micro_config
 from training import loop
 from training import experiment
-from training.checkpoint import (Checkpointer, CheckpointMismatchError, checksums,
-                                 data_position_fn)
+from training.checkpoint import (Checkpointer, CheckpointMismatchError, CorruptCheckpointError,
+                                 checksums, data_position_fn)
 from training.mesh import put_batch
 from training.metrics import MetricsWriter, read_metrics
 from training.step import TrainState, advance_rng, initial_rng, loss_inputs, make_train_step
@@ -273,7 +273,8 @@ def test_a_checkpoint_no_older_one_can_replace_raises_and_is_left_alone(tmp_path
   directory = str(tmp_path / "ckpt")
   _save_steps(directory, [2])
   bigger = _small_state().replace(params={"w": jnp.zeros((64, 64)), "b": jnp.zeros(32)})
-  with Checkpointer(directory) as ckpt, pytest.raises(Exception):
+  with Checkpointer(directory) as ckpt, pytest.raises(
+      CorruptCheckpointError, match=r"no checkpoint in .* restores \(the newest, step 2: "):
     ckpt.restore(bigger)  # a changed model shape: every checkpoint fails the same way
   assert os.listdir(directory).count("2") == 1
 

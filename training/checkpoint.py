@@ -17,11 +17,18 @@ every file is written, so a run killed mid-save (even by SIGKILL) leaves no `<st
 and resumes from the previous one; leftover tmp directories are deleted on the next start.
 A step directory damaged afterwards (files missing or truncated, or flipped bits, which orbax
 restores silently, hence the checksums) fails `restore`, which warns, moves it aside to
-`<step>.corrupt` and falls back to the next older checkpoint.
+`<step>.corrupt` and falls back to the next older checkpoint. When no checkpoint restores,
+`CorruptCheckpointError` says so in one line and nothing is moved.
+
+Failed saves. A save that fails (no space left, an I/O error), in the foreground or in
+orbax's background thread, raises `training.workdir.WorkdirIOError` (`could not save
+checkpoint 20 to DIR: No space left on device`) at the next `check_for_errors`, which the loop
+calls after every step: the run stops at once with the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 
@@ -33,15 +40,20 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from training.step import TrainState
+from training.workdir import io_error
 
 _FORMAT = 1
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointError(Exception):
+  """A checkpoint this run cannot resume from; the message is one line for the user."""
+
+
+class CheckpointMismatchError(CheckpointError, ValueError):
   """An intact checkpoint that this run must not resume from (it would read other data)."""
 
 
-class CorruptCheckpointError(RuntimeError):
+class CorruptCheckpointError(CheckpointError, RuntimeError):
   """A checkpoint directory that cannot be restored faithfully."""
 
 
@@ -174,6 +186,7 @@ class Checkpointer:
     )
     self._save_every = int(save_every)
     self._data_position = data_position
+    self._saving = None  # the step of the newest save started (errors name it)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -190,9 +203,28 @@ class Checkpointer:
     tree = _as_tree(state)
     meta = {"format": _FORMAT, "step": int(step), "checksums": checksums(tree),
             "data_position": self._data_position(step) if self._data_position else {}}
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)), force=True)
+    if self._saving is not None:  # orbax waits for it anyway; its failure names its step
+      self.wait()
+    self._saving = step
+    with self._save_errors():
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)), force=True)
     return True
+
+  @contextlib.contextmanager
+  def _save_errors(self):
+    """Any failure of a save (orbax wraps the OSError in its own types) as one line."""
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 - re-raised as the one-line WorkdirIOError
+      raise io_error(e, f"save checkpoint {self._saving} to {self.directory}") from e
+
+  def check_for_errors(self):
+    """Raises `WorkdirIOError` if a background save has failed (cheap; call every step)."""
+    check = getattr(self._manager, "check_for_errors", None)  # orbax >= 0.5
+    if check is not None and self._saving is not None:
+      with self._save_errors():
+        check()
 
   def restore(self, state_like: TrainState, step: int | None = None) -> TrainState:
     """Restores onto the shapes, dtypes and shardings of `state_like` (arrays or abstract).
@@ -219,7 +251,12 @@ class Checkpointer:
         self._set_aside([s for s, _ in failed])
       return state
     if failed:
-      raise failed[0][1]
+      step, error = failed[0]
+      lines = [line for line in str(error).splitlines() if line.strip()]
+      raise CorruptCheckpointError(
+          f"no checkpoint in {self.directory} restores (the newest, step {step}: "
+          f"{type(error).__name__}: {(lines[-1] if lines else '')[:300]}); nothing was moved. "
+          "Restore the checkpoints or start in a new workdir.") from error
     raise FileNotFoundError(f"no checkpoint in {self.directory}")
 
   def _restore_step(self, state_like: TrainState, step: int) -> TrainState:
@@ -268,7 +305,8 @@ class Checkpointer:
     self._manager.reload()
 
   def wait(self):
-    self._manager.wait_until_finished()
+    with self._save_errors():
+      self._manager.wait_until_finished()
 
   def __enter__(self):
     return self
@@ -277,5 +315,8 @@ class Checkpointer:
     self.close()
 
   def close(self):
-    self._manager.wait_until_finished()
+    # After a failed save the manager is left open: closing it shuts down the event loop
+    # that the failed save's remaining writes still report to (each would print a
+    # traceback), and the process is about to end with the save's error anyway.
+    self.wait()
     self._manager.close()

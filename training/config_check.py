@@ -52,14 +52,14 @@ def _check_packing(config, batch_devices: int, process_count: int):
 
 def validate(config, *, num_devices: int | None = None, process_count: int | None = None):
   """Raises ConfigError (or the algorithm's ValueError) for the first bad field found."""
-  num_devices = jax.device_count() if num_devices is None else num_devices
-  process_count = jax.process_count() if process_count is None else process_count
-
   try:
     algorithm = algorithms.get_algorithm(config.loss.name)
   except KeyError as e:
     raise ConfigError(f"config.loss.name: {e.args[0]}") from None
   algorithm.validate(config.loss)
+  # After the loss's own checks: a bad value there is refused before the backends start.
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  process_count = jax.process_count() if process_count is None else process_count
 
   _require(config.total_steps > 0, f"config.total_steps must be > 0, got {config.total_steps}")
   _require(config.batch_size > 0, f"config.batch_size must be > 0, got {config.batch_size}")
@@ -146,6 +146,8 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
                 "grad_clip_norm"):
     _require(math.isfinite(opt[field]),
              f"config.optimizer.{field} must be a finite number, got {opt[field]}")
+  _check_allowed_changes(config)
+  _check_export(config, algorithm.requirements, process_count)
   _check_data_modes(d)
   _check_data_source(config)
   _check_model_source(config)
@@ -210,6 +212,27 @@ def _check_algorithm_needs(config, needs, process_count: int):
            "responses are batched like the data's completions)")
 
 
+def _check_export(config, needs, process_count: int):
+  if config.get("export", {}).get("hf_dir"):
+    _require(needs.head == "lm",
+             f"config.export.hf_dir: a {config.loss.name!r} run trains a model with a "
+             f"{needs.head} head, which has no Hugging Face causal-LM class to export to")
+    _require(process_count == 1,
+             f"config.export.hf_dir: a run on {process_count} processes cannot write the "
+             "whole model from one; export it afterwards on one host with "
+             "`python -m experiments.export --workdir=... --out=...`")
+
+
+def _check_allowed_changes(config):
+  from training.workdir import allowed_changes, flatten  # local: keeps this module light
+
+  fields = flatten(config.to_dict())
+  for name in allowed_changes(config):
+    _require(any(f == name or f.startswith(name + ".") for f in fields),
+             f"config.resume.allow_changes: {name!r} is not a config field (a dotted path such "
+             "as loss.beta or a section such as optimizer)")
+
+
 def _check_data_modes(d):
   from data import pipeline  # local: keeps this module import-light
 
@@ -223,6 +246,9 @@ def _check_data_source(config):
   from data.errors import DataError
 
   d = config.data
+  fraction = d.eval_fraction
+  _require(isinstance(fraction, (int, float)) and math.isfinite(fraction) and 0 <= fraction < 1,
+           f"config.data.eval_fraction must be in [0, 1), got {fraction!r}")
   if not d.path:  # the built-in task
     for field in ("train_split", "eval_split"):
       _one_of(d[field], ("train", "test", "validation"), f"data.{field} (built-in task)")
@@ -234,6 +260,9 @@ def _check_data_source(config):
     return
   _require(os.path.exists(d.path), f"config.data.path: {d.path} does not exist")
   for field in ("train_split", "eval_split"):
+    if field == "eval_split" and fraction > 0 and (
+        readers.held_out_of(d.path, d.eval_split) == d.train_split):
+      continue  # held out of the training split (data.tfds_builders.Holdout)
     try:
       readers.split_files(d.path, d[field])
     except DataError as e:

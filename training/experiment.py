@@ -27,6 +27,7 @@ from data import tfds_builders
 from data.tokenizer import load_tokenizer
 import models
 from training import config_check
+from training import workdir as workdir_lib
 from training.checkpoint import Checkpointer
 from training.mesh import make_mesh, replicated
 from training.optim import learning_rate_schedule, make_optimizer
@@ -104,9 +105,10 @@ def init_params(config, mesh, head: str = "lm"):
   return graphdef, params
 
 
-def load_trained(workdir: str):
+def load_trained(workdir: str, checkpoints: str | None = None):
   """(config, graphdef, params) of the newest checkpoint of a finished run's workdir, e.g. a
-  GPM that scores an online round (`config.online.scorer_path`)."""
+  GPM that scores an online round (`config.online.scorer_path`); `checkpoints`: another
+  checkpoint directory of the run (default WORKDIR/checkpoints)."""
   import ml_collections
 
   with open(os.path.join(workdir, "config.json")) as f:
@@ -119,7 +121,8 @@ def load_trained(workdir: str):
   like = TrainState(step=scalar(jnp.int32), params=params,
                     opt_state=jax.eval_shape(optimizer.init, params),
                     skipped_steps=scalar(jnp.int32), rng=scalar(jnp.uint32, (2,)))
-  state = Checkpointer(os.path.join(workdir, "checkpoints")).restore(like)
+  with Checkpointer(checkpoints or os.path.join(workdir, "checkpoints")) as ckpt:
+    state = ckpt.restore(like)
   return config, graphdef, state.params
 
 
@@ -133,7 +136,8 @@ def _length_limits(config) -> dict:
   return dict(max_prompt_len=d.max_prompt_len, max_completion_len=d.max_completion_len,
               buckets=tuple(d.buckets), process_index=jax.process_index(),
               process_count=jax.process_count(), on_identical_pair=d.on_identical_pair,
-              on_long_prompt=d.on_long_prompt)
+              on_long_prompt=d.on_long_prompt,
+              unpaired=algorithms.get_algorithm(config.loss.name).requirements.unpaired)
 
 
 def make_batcher(config, tokenizer, source) -> pipeline.PreferenceBatcher:
@@ -154,11 +158,18 @@ def load_sources(config, workdir):
   """(train, eval) random-access sources; process 0 prepares the TFDS cache first."""
   d = config.data
   data_dir = d.data_dir or os.path.join(workdir, "tfds")
-  kwargs = {} if d.path else dict(num_train=d.synthetic_train_size,
-                                  num_test=d.synthetic_test_size, seed=config.seed)
+  if d.path:  # an eval split the path lacks is held out of its only split
+    kwargs = dict(holdout=tfds_builders.Holdout(d.eval_split, d.eval_fraction, config.seed))
+  else:
+    kwargs = dict(num_train=d.synthetic_train_size, num_test=d.synthetic_test_size,
+                  seed=config.seed)
+
+  def check_space(needed: int):
+    workdir_lib.check_free_space(data_dir, needed, "the data cache")
 
   def load():
-    return tuple(tfds_builders.load_preference_source(d.path, split, data_dir, **kwargs)
+    return tuple(tfds_builders.load_preference_source(d.path, split, data_dir,
+                                                      check_space=check_space, **kwargs)
                  for split in (d.train_split, d.eval_split))
 
   if jax.process_count() == 1:

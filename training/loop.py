@@ -23,6 +23,7 @@ from absl import logging
 
 import algorithms
 from training import config_check
+from training import workdir as workdir_lib
 from training.checkpoint import Checkpointer, data_position_fn
 from training.experiment import (Experiment, build, logp_options, make_eval_batches,
                                  make_train_step_for)
@@ -174,7 +175,8 @@ def fresh_state(exp: Experiment, params) -> TrainState:
 def fit(exp: Experiment, state: TrainState, batches, workdir: str, *,
         evaluate_split: Optional[Callable[[object], dict]] = None, ref_params=None,
         train_cache: Optional[ReferenceCache] = None, stop_at: Optional[int] = None,
-        total_steps: Optional[int] = None) -> tuple[TrainState, dict]:
+        total_steps: Optional[int] = None,
+        on_start: Optional[Callable[[int], dict]] = None) -> tuple[TrainState, dict]:
   """Runs (or resumes from `workdir/checkpoints`) `total_steps` updates on `batches`.
 
   `batches.batch(s)` is the global batch of step s (a `data.PreferenceBatcher`);
@@ -183,6 +185,9 @@ def fit(exp: Experiment, state: TrainState, batches, workdir: str, *,
   the held-out metrics logged at step 0, every `config.eval_every` steps and at the end.
   Metrics go to `workdir/metrics.jsonl` (resumed runs truncate it to their checkpoint).
   `stop_at` ends after that step with a checkpoint, as a preemption would.
+  `on_start(start_step)` runs once the checkpoint (if any) has restored, before anything is
+  written; the dict it returns is logged in metrics.jsonl at the start step.
+  A failed checkpoint save or metrics write stops the run at once (`WorkdirIOError`).
   Returns (final state, summary: start_step, final_step, stopped_early, final_metrics,
   skipped_steps).
   """
@@ -204,8 +209,11 @@ def fit(exp: Experiment, state: TrainState, batches, workdir: str, *,
         state = checkpointer.restore(state)
         logging.info("resumed from step %d", int(state.step))
       start = int(state.step)
+      note = on_start(start) if on_start is not None else {}
       writer = MetricsWriter(workdir, total_steps=total_steps, start_step=start,
                              progress_bar=config.progress_bar)
+      if note:
+        writer.note(start, note)
       if start == 0 and evaluate_split is not None:
         writer.write(0, evaluate_split(state.params))
       writer.restart_clock(start)
@@ -218,6 +226,7 @@ def fit(exp: Experiment, state: TrainState, batches, workdir: str, *,
           batch = train_cache.attach(batch)
         state, metrics = train_step(state, ref_params, put_batch(batch, mesh))
         step += 1
+        checkpointer.check_for_errors()  # a failed background save stops the run here
         log_now = step % config.log_every == 0 or step == total_steps
         if log_now:  # throughput is measured on finished steps, not dispatched ones
           metrics = jax.block_until_ready(metrics)
@@ -237,12 +246,15 @@ def fit(exp: Experiment, state: TrainState, batches, workdir: str, *,
         if _checkpoint(checkpointer, writer, step, state, force=stop.requested) or evaluate_now:
           writer.restart_clock(step)
       _checkpoint(checkpointer, writer, step, state, force=True)
-    finally:
+    except BaseException:
       # Also on an exception (a halt included): an in-flight save completes instead of
-      # leaving a tmp directory behind; the state of a failed step is never saved.
-      checkpointer.close()
-      if writer is not None:
-        writer.close()
+      # leaving a tmp directory behind; the state of a failed step is never saved. The first
+      # error is the one reported.
+      _close_quietly(checkpointer, writer)
+      raise
+    checkpointer.close()
+    if writer is not None:
+      writer.close()
   if stop.requested:
     logging.warning("stopped on request after step %d; its checkpoint is complete", step)
   summary = dict(start_step=start, final_step=step, stopped_early=step < total_steps,
@@ -252,12 +264,32 @@ def fit(exp: Experiment, state: TrainState, batches, workdir: str, *,
   return state, summary
 
 
-def write_run_config(config, workdir: str) -> None:
-  """WORKDIR/config.json: what the run was, for readers of the workdir (scorers too)."""
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+def _close_quietly(*closeables) -> None:
+  for c in closeables:
+    if c is not None:
+      try:
+        c.close()
+      except Exception as e:  # noqa: BLE001 - an error is already on its way up
+        logging.warning("while stopping: %s: %s", type(e).__name__, e)
+
+
+def maybe_export(config, workdir: str) -> dict | None:
+  """The finished run written to `config.export.hf_dir` as a HF checkpoint, when set."""
+  out = config.get("export", {}).get("hf_dir")
+  if not out:
+    return None
+  from training.export import export_run
+  return export_run(workdir, out)
+
+
+def recorder(config, workdir: str, changes: dict) -> Callable[[int], dict]:
+  """`fit`'s `on_start`: writes config.json and the history of accepted changes once the
+  checkpoint has restored (every check passed), and returns the note metrics.jsonl keeps."""
+  def record(step: int) -> dict:
+    if jax.process_index() == 0:
+      workdir_lib.record_config(config, workdir, changes, step=step)
+    return workdir_lib.change_note(changes)
+  return record
 
 
 def train(config, workdir: str, *, stop_at: int | None = None) -> dict:
@@ -271,8 +303,13 @@ def train(config, workdir: str, *, stop_at: int | None = None) -> dict:
     raise config_check.ConfigError(
         f"loss {config.loss.name!r} is an online algorithm: its data comes from rounds of "
         "sampling; run it with `python -m experiments.iterate` (training.rounds.iterate)")
+  with workdir_lib.claim(workdir, writer=jax.process_index() == 0):
+    changes = workdir_lib.check_resume(config, workdir)
+    return _train(config, workdir, changes, stop_at)
+
+
+def _train(config, workdir: str, changes: dict, stop_at: int | None) -> dict:
   exp = build(config, workdir)
-  write_run_config(config, workdir)
   ref_params = exp.ref_params
   train_cache = eval_cache = None
   if ref_params is not None and config.reference.mode == "precomputed":
@@ -283,7 +320,7 @@ def train(config, workdir: str, *, stop_at: int | None = None) -> dict:
                                    logps=logp_options(config)))
   state, summary = fit(
       exp, exp.state, exp.train_batches, workdir, ref_params=ref_params,
-      train_cache=train_cache, stop_at=stop_at,
+      train_cache=train_cache, stop_at=stop_at, on_start=recorder(config, workdir, changes),
       evaluate_split=lambda params: evaluate(exp, eval_fn, params, ref_params, eval_cache))
   if summary["final_step"] == config.total_steps and jax.process_index() == 0:
     evals = [r for r in read_metrics(workdir) if any(k.startswith("eval/") for k in r)]
@@ -291,5 +328,6 @@ def train(config, workdir: str, *, stop_at: int | None = None) -> dict:
       summary["first_eval"] = {k: v for k, v in evals[0].items() if k.startswith("eval/")}
       summary["final_eval"] = {k: v for k, v in evals[-1].items() if k.startswith("eval/")}
     summary["plot"] = plot_curves(workdir)
+    summary["export"] = maybe_export(config, workdir)
   summary["state"] = state
   return summary

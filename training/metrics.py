@@ -10,6 +10,7 @@ no step is missing or duplicated.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -18,6 +19,8 @@ import time
 import jax
 import numpy as np
 from absl import logging
+
+from training.workdir import io_error
 
 PLOTTED = ("loss", "rewards/accuracies", "rewards/margins", "eval/loss",
            "eval/rewards/accuracies", "eval/rewards/margins")
@@ -44,8 +47,9 @@ class MetricsWriter:
       return
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self._truncate_after(start_step)
-    self._jsonl = open(self.path, "a", encoding="utf-8")
+    with self._io("write"):
+      self._truncate_after(start_step)
+      self._jsonl = open(self.path, "a", encoding="utf-8")
     try:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
@@ -72,12 +76,29 @@ class MetricsWriter:
       os.fsync(f.fileno())
     os.replace(tmp, self.path)  # a kill now leaves the old file or the new one, never half
 
+  @contextlib.contextmanager
+  def _io(self, what: str):
+    """A failed write (no space left, ...) as one line naming the file (WorkdirIOError)."""
+    try:
+      yield
+    except OSError as e:
+      raise io_error(e, f"{what} {self.path}") from e
+
+  def _append(self, record: dict):
+    with self._io("write"):
+      self._jsonl.write(json.dumps(record, sort_keys=True) + "\n")
+      self._jsonl.flush()
+
+  def note(self, step: int, fields: dict):
+    """A line of non-numeric facts about `step` (e.g. `config/changed`), JSONL only."""
+    if self._is_main:
+      self._append({"step": int(step), **fields})
+
   def write(self, step: int, metrics: dict):
     if not self._is_main:
       return
     record = {"step": int(step), **{k: _to_python(v) for k, v in metrics.items()}}
-    self._jsonl.write(json.dumps(record, sort_keys=True) + "\n")
-    self._jsonl.flush()
+    self._append(record)
     if self._tb is not None:
       for k, v in record.items():
         if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
@@ -86,8 +107,9 @@ class MetricsWriter:
   def sync(self):
     """Makes every line written so far durable (called before each checkpoint)."""
     if self._is_main:
-      self._jsonl.flush()
-      os.fsync(self._jsonl.fileno())
+      with self._io("write"):
+        self._jsonl.flush()
+        os.fsync(self._jsonl.fileno())
 
   def advance(self, step: int, tokens: int, metrics: dict | None = None, *,
               measure: bool = True) -> dict:
@@ -126,7 +148,8 @@ class MetricsWriter:
       self._bar.close()
     if self._tb is not None:
       self._tb.close()
-    self._jsonl.close()
+    with self._io("write"):
+      self._jsonl.close()
 
 
 def _parse_lines(path: str) -> list[tuple[str, dict]]:

@@ -64,7 +64,8 @@ from training import config_check
 from training import oracles as oracles_lib
 from training import win_rates
 from training.experiment import Experiment, build, logp_options, make_batcher
-from training.loop import fit, fresh_state, train_side_model, write_run_config
+from training import workdir as workdir_lib
+from training.loop import fit, fresh_state, maybe_export, train_side_model
 from training.mesh import put_batch
 from training.step import pair_logps
 
@@ -667,9 +668,16 @@ def iterate(config, workdir: str, *, stop_at: Optional[tuple[int, int]] = None) 
         f"loss {config.loss.name!r} trains on a fixed dataset; run it with "
         "`python -m experiments.train` (online algorithms: "
         f"{', '.join(online_algorithms())})")
+  with workdir_lib.claim(workdir, writer=jax.process_index() == 0):
+    changes = workdir_lib.check_resume(config, workdir)
+    return _iterate(config, workdir, changes, stop_at)
+
+
+def _iterate(config, workdir: str, changes: dict, stop_at) -> dict:
   exp = build(config, workdir)
   needs = exp.algorithm.requirements
-  write_run_config(config, workdir)
+  if jax.process_index() == 0:
+    workdir_lib.record_config(config, workdir, changes, step=None)
   oracle = oracles_lib.make_oracle(config, exp.tokenizer, exp.mesh)
   verifier = oracles_lib.verifier_for(config, exp.tokenizer)
   online = config.online
@@ -708,6 +716,8 @@ def iterate(config, workdir: str, *, stop_at: Optional[tuple[int, int]] = None) 
     _write_round_metrics(workdir, online.rounds)
   summary.update(rounds=_metrics_rows(workdir, online.rounds), params=anchors.previous,
                  prm=anchors.prm)
+  if jax.process_index() == 0:
+    summary["export"] = maybe_export(config, workdir)
   return summary
 
 

@@ -1,0 +1,74 @@
+"""What every command-line entry point shares: one-line refusals and quiet library logs.
+
+A refused run prints one line on stderr, `error: ...`, and exits with code 2 (`fail`); the
+errors that end a run that way are `refusals()`. `quiet_libraries()` keeps orbax, TFDS and
+JAX's own INFO chatter out of a healthy run's output (`--verbosity` brings it back).
+"""
+
+import logging as std_logging
+import os
+import sys
+
+from absl import flags, logging
+
+
+def fail(message, exit_code: int = 2):
+  """Ends the program with one line on stderr instead of a traceback or absl's help text.
+
+  A multi-line message (ml_collections embeds a traceback when a config file fails to load)
+  is cut to its first and last lines, which hold the flag and the cause.
+  """
+  lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+  text = " ... ".join(lines[:1] + lines[-1:]) if len(lines) > 1 else "".join(lines)
+  sys.stderr.write(f"error: {text}\n")
+  sys.exit(exit_code)
+
+
+def refusals() -> tuple[type, ...]:
+  """The errors a run ends with as one line and exit 2: bad input, config, workdir,
+  checkpoint, oracle, export, and failed writes (their messages name the file or field)."""
+  from data.errors import DataError
+  from training.checkpoint import CheckpointError
+  from training.config_check import ConfigError
+  from training.export import ExportError
+  from training.oracles import OracleError
+  from training.workdir import WorkdirError
+  return (DataError, ConfigError, CheckpointError, WorkdirError, OracleError, ExportError)
+
+
+# Libraries whose log lines are chatter on a healthy run: orbax (~90 lines per tiny run, and
+# the tracebacks of a failed background save, which `WorkdirIOError` reports in one line),
+# TFDS ("Reusing dataset ..."), JAX's backend probing ("Unable to initialize backend 'tpu'").
+_CHATTY = tuple(os.sep + os.path.join(*parts) + os.sep for parts in (
+    ("orbax",), ("tensorflow_datasets",), ("jax", "_src")))
+
+
+class _QuietLibraries(std_logging.Filter):
+  """Drops the chatty libraries' records below `level`; every other record passes."""
+
+  def __init__(self, level: int):
+    super().__init__()
+    self.level = level
+
+  def filter(self, record) -> bool:
+    return record.levelno >= self.level or not any(p in record.pathname for p in _CHATTY)
+
+
+def _quiet_closed_loop(hook):
+  """`sys.excepthook` without the "Event loop is closed" tracebacks that tensorstore prints
+  when the writes of a failed orbax save finish after its event loop has ended (the save's
+  error is reported in one line; these are its echoes)."""
+  def excepthook(kind, value, traceback):
+    if kind is RuntimeError and str(value) == "Event loop is closed":
+      return
+    hook(kind, value, traceback)
+  return excepthook
+
+
+def quiet_libraries():
+  """Silences orbax, TFDS and JAX's own logging below CRITICAL, unless --verbosity (or -v)
+  is given: then every line comes back. The project's own lines are unaffected."""
+  if flags.FLAGS["verbosity"].present:
+    return
+  logging.get_absl_handler().addFilter(_QuietLibraries(std_logging.CRITICAL))
+  sys.excepthook = _quiet_closed_loop(sys.excepthook)
