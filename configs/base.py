@@ -70,7 +70,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.max_position_embeddings = 4096
   config.model.dtype = "float32"  # compute dtype; "bfloat16" on GPU/TPU (params stay fp32)
   config.model.param_dtype = "float32"
-  config.model.remat = "none"  # "none" | "block"
+  # What a block keeps for the backward: "none" | "block" | "dots" | "nothing" | "offload"
+  # (GPU/TPU only); models/config.py REMAT_MODES.
+  config.model.remat = "none"
 
   config.reference = ml_collections.ConfigDict()
   # "in_step": a frozen copy of the initial policy runs a forward pass inside the train step;
@@ -190,7 +192,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Speed knobs (docs/performance.md); none changes the maths. Read by models.ModelConfig
   # (the three *_impl / blocks fields, random-init runs) and experiments/benchmark.py.
   config.model.mlp_impl = "custom_vjp"  # "custom_vjp" (models/kernels.py) | "autodiff"
-  config.model.attention_impl = "custom_vjp"  # "custom_vjp" | "autodiff"
+  # "custom_vjp" | "autodiff" | "dot_product" (jax.nn.dot_product_attention: cuDNN on GPU)
+  config.model.attention_impl = "custom_vjp"
   config.model.attention_query_blocks = 4  # causal query blocks of the custom attention
   config.model.logp_chunk_size = 0  # >0: lm_head + logsumexp over chunks of positions
   # "all": lm_head on every position; "completion": only on the window of

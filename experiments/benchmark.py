@@ -25,6 +25,12 @@ sequence lengths. `mfu = F / step_time_s / peak`, with `peak` the device's dense
 (table below; null where unknown, e.g. CPU). `--cpu_ynn_fusion_type` sets XLA:CPU's YNNPACK fusion list before
 JAX initialises (see docs/performance.md for why the default turns it off).
 
+`--remat_policies=none,block,dots,nothing` runs the step (or `--memory_only`'s plan) once per
+`config.model.remat` value in one process, one JSON line each:
+
+    python -m experiments.benchmark --config=configs/dpo.py:bench_tiny --memory_only \
+        --remat_policies=none,block,dots,nothing
+
 `--mode=sample` times the KV-cache sampler instead (`models.sampling.sample`, what every online
 round runs), on the same random-weight model:
 
@@ -46,9 +52,14 @@ runs to `jax.block_until_ready`; reported (medians over `--steps` calls after `-
   compile_s   the first call's time minus total_s (tracing + XLA compilation)
 """
 
+import contextlib
+import copy
+import io
 import json
+import math
 import os
 import platform
+import re
 import resource
 import statistics
 import time
@@ -67,6 +78,11 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (compiled ahead
 _MEMORY_ONLY = flags.DEFINE_bool(
     "memory_only", False, "Compile the step from abstract shapes and print XLA's memory "
     "accounting instead of timing it (compiled_memory); needs no memory for the model.")
+_REMAT_POLICIES = flags.DEFINE_list(
+    "remat_policies", [], "Comma list of config.model.remat values (models/config.py "
+    "REMAT_MODES): run the train benchmark (or --memory_only) once per value, in this "
+    "process, one JSON line each; a value the platform refuses (offload on CPU) prints a "
+    "line with its reason under 'skipped'. Empty: config.model.remat as given.")
 _SAMPLE_BATCH = flags.DEFINE_integer("sample_batch", 16, "--mode=sample: prompts per call.")
 _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 64, "--mode=sample: prompt tokens per row.")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 128, "--mode=sample: generated tokens per row.")
@@ -208,6 +224,7 @@ def compiled_memory(config) -> dict:
   start = time.perf_counter()
   compiled = jax.jit(train_step, donate_argnums=(0,)).lower(state, ref_params, batch).compile()
   compile_s = time.perf_counter() - start
+  residual_bytes = saved_residual_bytes(graphdef, algorithm, config, params, ref_params, batch)
   stats = compiled.memory_analysis()
   sizes = {name: int(getattr(stats, f"{name}_size_in_bytes"))
            for name in ("argument", "output", "alias", "temp", "generated_code")}
@@ -217,7 +234,11 @@ def compiled_memory(config) -> dict:
       "reference_mode": config.reference.mode,
       "share_prompt": config.model.get("share_prompt", False),
       "logits_on": config.model.get("logits_on", "all"),
+      "remat": config.model.remat,
+      "attention_impl": config.model.get("attention_impl", "custom_vjp"),
       "memory_source": "XLA buffer assignment of the compiled step (no allocation)",
+      # What autodiff keeps for the backward pass (jax's count, before XLA's plan).
+      "saved_residual_bytes": residual_bytes,
       "peak_memory_bound_bytes": (sizes["argument"] + sizes["output"] - sizes["alias"]
                                   + sizes["temp"]),
       **{f"{name}_bytes": value for name, value in sizes.items()},
@@ -228,6 +249,51 @@ def compiled_memory(config) -> dict:
       "device_kind": device.device_kind,
       "jax_version": jax.__version__,
   }
+
+
+def saved_residual_bytes(graphdef, algorithm, config, params, ref_params, batch) -> int:
+  """Bytes of the residuals autodiff saves between the loss's forward and backward pass.
+
+  `jax.ad_checkpoint.saved_residuals` of the policy's loss on the whole batch (one
+  micro-batch when grad_accum_steps = 1), from abstract shapes; the parameters and the
+  batch themselves are not counted. This is what the remat policy decides, independent of
+  the backend: XLA:CPU's buffer plan (`temp_bytes`) reuses and schedules buffers its own
+  way and moves less with the policy than a GPU's would.
+  """
+  import jax
+  import jax.ad_checkpoint
+
+  from training import experiment
+  from training.step import loss_inputs
+
+  logps = experiment.logp_options(config)
+
+  def loss(params, ref_params, batch):
+    inputs = loss_inputs(graphdef, params, ref_params, batch, algorithm, logps)
+    return algorithm.loss_fn(inputs, config.loss)[0]
+
+  # jax 0.10.2 only exports the printing form: read its lines back.
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    jax.ad_checkpoint.print_saved_residuals(loss, params, ref_params, batch)
+  return residual_bytes(out.getvalue().splitlines())
+
+
+# Bytes per element of the short dtype names jax prints ('f32[2,8,32]').
+_DTYPE_BYTES = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "i64": 8, "i32": 4, "u32": 4,
+                "i16": 2, "i8": 1, "u8": 1, "bool": 1}
+
+
+def residual_bytes(lines) -> int:
+  """Total bytes of `print_saved_residuals` lines, leaving out the function's arguments."""
+  total = 0
+  for line in lines:
+    match = re.match(r"\s*(\w+)\[([\d,]*)\]", line)
+    if match is None or "from the argument" in line:
+      continue
+    dims = [int(d) for d in match.group(2).split(",") if d]
+    total += math.prod(dims) * _DTYPE_BYTES.get(match.group(1), 4)
+  return total
 
 
 def build_step(config):
@@ -477,10 +543,25 @@ def main(argv):
         new_tokens=_NEW_TOKENS.value, sampling=_SAMPLING.value, steps=_STEPS.value,
         warmup=_WARMUP.value)), flush=True)
     return
-  if _MEMORY_ONLY.value:
-    print(json.dumps(compiled_memory(_CONFIG.value)), flush=True)
+  if _REMAT_POLICIES.value:
+    for mode in _REMAT_POLICIES.value:
+      config = copy.deepcopy(_CONFIG.value)
+      config.model.remat = mode
+      try:
+        config_check.validate(config)
+      except ValueError as e:
+        print(json.dumps({"config": config.name, "remat": mode, "skipped": str(e)}), flush=True)
+        continue
+      print(json.dumps(_measure(config)), flush=True)
     return
-  print(json.dumps(run(_CONFIG.value, _STEPS.value, _WARMUP.value)), flush=True)
+  print(json.dumps(_measure(_CONFIG.value)), flush=True)
+
+
+def _measure(config) -> dict:
+  """--memory_only's plan or the timed run of `config`, with its remat mode named."""
+  if _MEMORY_ONLY.value:
+    return compiled_memory(config)
+  return dict(run(config, _STEPS.value, _WARMUP.value), remat=config.model.remat)
 
 
 if __name__ == "__main__":

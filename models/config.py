@@ -31,10 +31,20 @@ import jax.numpy as jnp
 
 ARCHITECTURES = ('llama', 'qwen2', 'mistral', 'qwen3', 'gemma2', 'gemma3_text',
                  'phi3', 'olmo2')
-REMAT_MODES = ('none', 'block')
+# What each decoder block keeps for the backward pass (models/llama.py `remat_policy`):
+#   'none'     everything autodiff saves (no recomputation)
+#   'block'    the block's inputs only; the rest is recomputed (`nnx.remat`, no policy)
+#   'dots'     the outputs of the projection / MLP matmuls (no batch dims: not the
+#              attention scores); the elementwise work is recomputed
+#   'nothing'  the block's inputs only (`nothing_saveable`): the memory of 'block'
+#   'offload'  'dots', but the matmul outputs wait in pinned host memory (GPU / TPU only)
+REMAT_MODES = ('none', 'block', 'dots', 'nothing', 'offload')
 # How the MLP and attention are differentiated: 'custom_vjp' uses the hand-written backward
 # passes of models/kernels.py (faster on XLA:CPU), 'autodiff' the plain formulas.
 KERNEL_IMPLS = ('custom_vjp', 'autodiff')
+# Attention also runs through `jax.nn.dot_product_attention` ('dot_product': cuDNN flash
+# attention on NVIDIA GPUs where it applies, XLA elsewhere; kernels.dot_product_attention).
+ATTENTION_IMPLS = KERNEL_IMPLS + ('dot_product',)
 ROPE_SCALING_TYPES = ('llama3', 'linear', 'longrope')
 _LLAMA3_KEYS = (
     'factor',
@@ -154,11 +164,16 @@ class ModelConfig:
       layer (Gemma 2/3's interleaving, Qwen2/3's global first layers).
     dtype: compute dtype ('float32', or 'bfloat16' on accelerators).
     param_dtype: storage dtype of the parameters.
-    remat: 'none', or 'block' to rematerialise each decoder block in the
-      backward pass (saves activation memory).
-    mlp_impl, attention_impl: 'custom_vjp' (models/kernels.py) or
-      'autodiff'; the same maths, only the backward pass differs. Attention
-      with attn_logit_softcapping always runs the autodiff formula.
+    remat: one of REMAT_MODES: what a decoder block keeps for the backward
+      pass ('none'), or recomputes there to save activation memory ('block'
+      and 'nothing' keep only its inputs, 'dots' its matmul outputs,
+      'offload' those in host memory). The same values either way.
+    mlp_impl: 'custom_vjp' (models/kernels.py) or 'autodiff'; the same
+      maths, only the backward pass differs.
+    attention_impl: one of ATTENTION_IMPLS: 'custom_vjp' or 'autodiff' as
+      mlp_impl, or 'dot_product' (`jax.nn.dot_product_attention`). Attention
+      with attn_logit_softcapping always runs the autodiff formula (neither
+      the custom kernel nor `jax.nn.dot_product_attention` soft-caps).
     attention_query_blocks: causal query blocks of the custom-VJP attention
       (block i only meets keys before its end; 1 = one full block).
     architecture: one of ARCHITECTURES; decides the HF class and tensor
@@ -256,10 +271,10 @@ class ModelConfig:
           f'rope_local_theta must be > 0 or None, got {self.rope_local_theta}.')
     if self.remat not in REMAT_MODES:
       raise ValueError(f'remat={self.remat!r} not in {REMAT_MODES}.')
-    for name in ('mlp_impl', 'attention_impl'):
-      if getattr(self, name) not in KERNEL_IMPLS:
-        raise ValueError(
-            f'{name}={getattr(self, name)!r} not in {KERNEL_IMPLS}.')
+    for name, allowed in (('mlp_impl', KERNEL_IMPLS),
+                          ('attention_impl', ATTENTION_IMPLS)):
+      if getattr(self, name) not in allowed:
+        raise ValueError(f'{name}={getattr(self, name)!r} not in {allowed}.')
     if (not isinstance(self.attention_query_blocks, int)
         or self.attention_query_blocks < 1):
       raise ValueError('attention_query_blocks must be an int >= 1, got '

@@ -225,3 +225,70 @@ def _attention_bwd(num_blocks, scale, res, dout):
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+# ----------------------------------------------------------------------------
+# Attention through `jax.nn.dot_product_attention`.
+
+
+def dot_product_implementation(q, k) -> str:
+  """'cudnn' where cuDNN's flash attention takes q and k on this backend, else 'xla'.
+
+  `jax.nn.dot_product_attention(implementation=None)` still means XLA in jax 0.10.2 (its
+  source: "defaults to XLA for now"), so the choice is made here, from what jax's cuDNN
+  path checks at lowering time (`check_is_flash_attention`): an NVIDIA GPU, bf16/fp16
+  operands, head_dim a multiple of 8 and at most 128 (256 needs Hopper; 128 holds on every
+  card), and even T and S (training with a bias, which the boolean mask becomes).
+
+  Args:
+    q: [B, T, N, H] queries.
+    k: [B, S, K, H] keys.
+  """
+  t, h, s = q.shape[1], q.shape[-1], k.shape[1]
+  if (jax.default_backend() == 'gpu'
+      and 'nvidia' in jax.devices()[0].device_kind.lower()
+      and q.dtype in (jnp.bfloat16, jnp.float16)
+      and h % 8 == 0 and h <= 128 and t % 2 == 0 and s % 2 == 0):
+    return 'cudnn'
+  return 'xla'
+
+
+def dot_product_attention(q, k, v, mask, *, scale: float | None = None,
+                          implementation: str | None = None):
+  """Grouped-query attention through `jax.nn.dot_product_attention` (no soft-capping).
+
+  Shapes as `attention_reference`: q [B, T, K, G, H], k/v [B, S, K, H], mask [B or 1, T, S]
+  bool -> [B, T, K, G, H]; the queries are the last T of the S key positions.
+
+  What the API does natively in jax 0.10.2, and what is used of it:
+    GQA           native (query heads n -> kv head n // G, the model's grouping): used.
+    is_causal     index-causal from the top-left corner (query t sees keys <= t), right
+                  only when T == S: passed then, so that cuDNN skips the upper triangle;
+                  redundant with `mask` for the values.
+    local_window_size, query_seq_lengths / key_value_seq_lengths
+                  index windows and right padding only: wrong for left padding, for
+                  windows counted in RoPE positions and for T < S (a completion after a
+                  shared prompt's keys), so not used; they are in `mask`.
+    segment ids   no argument for them (cuDNN's packed layout is not exposed): in `mask`.
+    mask          a boolean [B, 1, T, S], broadcast over the heads: carries all of the
+                  above exactly (cuDNN turns it into an additive bias).
+    soft-capping  none: Gemma 2's layers (attn_logit_softcapping) take the autodiff
+                  formula instead (`models.llama.Attention` falls back automatically).
+
+  A fully masked query row (padding) averages all values (XLA's finite minimum, like
+  `attention_reference`); such rows are never read.
+
+  Args:
+    q, k, v, mask: as above.
+    scale: the factor on q·k (default H^-1/2).
+    implementation: 'xla', 'cudnn', or None for `dot_product_implementation`'s choice.
+  """
+  b, t, kv, g, h = q.shape
+  s = k.shape[1]
+  query = q.reshape(b, t, kv * g, h)  # [B, T, N, H], head n = (n // G, n % G)
+  if implementation is None:
+    implementation = dot_product_implementation(query, k)
+  out = jax.nn.dot_product_attention(
+      query, k, v, mask=mask[:, None, :, :], scale=scale, is_causal=t == s,
+      implementation=implementation)  # [B, T, N, H]
+  return out.reshape(b, t, kv, g, h)

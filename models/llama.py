@@ -250,7 +250,8 @@ class Attention(nnx.Module):
     self.dtype = config.compute_dtype
     self.scale = config.attention_scale
     self.softcap = config.attn_logit_softcapping
-    # The custom-VJP kernel has no soft-capping: Gemma 2 layers take the autodiff formula.
+    # Neither the custom-VJP kernel nor jax.nn.dot_product_attention soft-caps: Gemma 2
+    # layers take the autodiff formula whatever attention_impl says.
     self.impl = config.attention_impl if self.softcap is None else 'autodiff'
     self.query_blocks = config.attention_query_blocks
     self.q_proj = _param(rngs, (d, n, h), pdt, ('embed', 'heads', 'head_dim'))
@@ -311,6 +312,8 @@ class Attention(nnx.Module):
     # with a finite minimum; see models/kernels.py for both variants.
     if self.impl == 'custom_vjp':
       out = kernels.attention(q, k, v, mask, self.query_blocks, scale=self.scale)
+    elif self.impl == 'dot_product':
+      out = kernels.dot_product_attention(q, k, v, mask, scale=self.scale)
     else:
       out = kernels.attention_reference(q, k, v, mask, scale=self.scale,
                                         softcap=self.softcap)  # [B, T, K, G, H]
@@ -454,6 +457,41 @@ class Block(nnx.Module):
     return self._mlp_residual(self._add_attn(x, a)), cache
 
 
+def remat_policy(mode: str):
+  """The `jax.checkpoint` policy of `ModelConfig.remat` (None for 'none' and 'block').
+
+  'dots' saves the outputs of matmuls without batch dimensions: the q/k/v and o
+  projections and the MLP's gate/up/down products, [B, T, ...] each, but not the attention
+  scores or probabilities ([B, K, G, T, S], batched over B and K), which are recomputed
+  with the norms, RoPE and activations. 'offload' saves the same set in pinned host memory
+  (copied out in the forward, back in the backward): the device keeps the block inputs
+  only, at the price of the transfers; XLA:CPU has no separate host memory to offload to,
+  so training/config_check.py refuses it there.
+  """
+  policies = jax.checkpoint_policies
+  if mode == 'dots':
+    return policies.dots_with_no_batch_dims_saveable
+  if mode == 'nothing':
+    return policies.nothing_saveable
+  if mode == 'offload':
+    return policies.offload_dot_with_no_batch_dims('device', 'pinned_host')
+  return None
+
+
+def remat_blocks(fn, mode: str):
+  """`fn` (a block call) under `ModelConfig.remat` = `mode`: rematerialised in the
+  backward pass as `remat_policy` says, or `fn` itself for 'none'.
+
+  'block' is `nnx.remat` without a policy, exactly as before the policies existed (the
+  same program; 'nothing' spells the same memory with an explicit policy).
+  """
+  if mode == 'none':
+    return fn
+  if mode == 'block':
+    return nnx.remat(fn)
+  return nnx.remat(fn, policy=remat_policy(mode))
+
+
 def _run_block(block: Block, x, cos, sin, mask):
   return block(x, cos, sin, mask)
 
@@ -587,9 +625,9 @@ class Transformer(nnx.Module):
         mask, lambda m: m & sliding_window_mask(positions, positions, cfg.sliding_window))
 
     x = self._embed(input_ids)  # [B, T, D]
-    # nnx.remat recomputes a block's activations in the backward pass
-    # instead of storing them: memory per block drops to its input.
-    block_fn = nnx.remat(_run_block) if cfg.remat == 'block' else _run_block
+    # Remat recomputes a block's activations in the backward pass instead of
+    # storing them: memory per block drops to its input (or its matmul outputs).
+    block_fn = remat_blocks(_run_block, cfg.remat)
     for block, ((cos, sin), layer_mask) in zip(self.layers, per_layer):
       x = block_fn(block, x, cos, sin, layer_mask)
     return self.final_norm(x)
@@ -647,8 +685,7 @@ class Transformer(nnx.Module):
 
     per_layer = self._per_layer(rope, masks, sliding)
     prefix, suffix = self._embed(prefix_ids), self._embed(suffix_ids)
-    block_fn = (nnx.remat(_run_block_prefix_shared) if cfg.remat == 'block'
-                else _run_block_prefix_shared)
+    block_fn = remat_blocks(_run_block_prefix_shared, cfg.remat)
     for block, (layer_rope, layer_masks) in zip(self.layers, per_layer):
       prefix, suffix = block_fn(block, prefix, suffix, layer_rope, layer_masks)
     return self.final_norm(prefix), self.final_norm(suffix)

@@ -12,6 +12,7 @@ import os
 import jax
 
 import algorithms
+from models.config import ATTENTION_IMPLS, REMAT_MODES
 from models.heads import GATE_FORMS
 
 
@@ -104,7 +105,13 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
   _one_of(config.nonfinite, ("skip", "halt"), "nonfinite")
   _one_of(config.model.dtype, ("float32", "bfloat16", "float16"), "model.dtype")
   _one_of(config.model.param_dtype, ("float32", "bfloat16"), "model.param_dtype")
-  _one_of(config.model.remat, ("none", "block"), "model.remat")
+  _one_of(config.model.remat, REMAT_MODES, "model.remat")
+  # XLA:CPU has no pinned host memory apart from the device's own to offload to.
+  _require(config.model.remat != "offload" or jax.default_backend() != "cpu",
+           "config.model.remat='offload' moves saved activations to pinned host memory, "
+           "which only GPU and TPU backends have; on CPU use 'dots' or 'nothing'")
+  _one_of(config.model.get("attention_impl", "custom_vjp"), ATTENTION_IMPLS,
+          "model.attention_impl")
   _one_of(config.model.get("logits_on", "all"), ("all", "completion"), "model.logits_on")
   if not config.model.init_from:
     for field in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
