@@ -54,15 +54,43 @@ class _QuietLibraries(std_logging.Filter):
     return record.levelno >= self.level or not any(p in record.pathname for p in _CHATTY)
 
 
-def _quiet_closed_loop(hook):
-  """`sys.excepthook` without the "Event loop is closed" tracebacks that tensorstore prints
-  when the writes of a failed orbax save finish after its event loop has ended (the save's
-  error is reported in one line; these are its echoes)."""
-  def excepthook(kind, value, traceback):
-    if kind is RuntimeError and str(value) == "Event loop is closed":
-      return
-    hook(kind, value, traceback)
-  return excepthook
+class _WithoutLoopEchoes:
+  """`sys.stderr` less the "Event loop is closed" tracebacks that tensorstore prints when the
+  writes of a failed orbax save finish after the save's event loop has ended (the save's
+  error is reported in one line; these are its echoes, printed from tensorstore's threads).
+
+  Text passes through as written; only a block that starts with "Traceback (most recent
+  call last):" is held until its exception line, then dropped if that line is the echo.
+  """
+
+  _HEADER = "Traceback (most recent call last):"
+  _ECHO = "RuntimeError: Event loop is closed"
+
+  def __init__(self, stream):
+    self._stream = stream
+    self._held = None
+
+  def write(self, text: str):
+    if self._held is None and not text.startswith(self._HEADER):
+      return self._stream.write(text)
+    self._held = (self._held or "") + text
+    lines = self._held.splitlines()
+    last = lines[-1] if lines else ""
+    if (self._held.endswith("\n") and len(lines) > 1 and not last.startswith(" ")
+        and last != self._HEADER):
+      held, self._held = self._held, None
+      if last != self._ECHO:
+        self._stream.write(held)
+    return len(text)
+
+  def flush(self):
+    if self._held:
+      held, self._held = self._held, None
+      self._stream.write(held)
+    self._stream.flush()
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
 
 
 def quiet_libraries():
@@ -71,4 +99,4 @@ def quiet_libraries():
   if flags.FLAGS["verbosity"].present:
     return
   logging.get_absl_handler().addFilter(_QuietLibraries(std_logging.CRITICAL))
-  sys.excepthook = _quiet_closed_loop(sys.excepthook)
+  sys.stderr = _WithoutLoopEchoes(sys.stderr)

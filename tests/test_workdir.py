@@ -95,12 +95,14 @@ def test_two_runs_on_a_fresh_workdir_one_trains_the_other_is_refused(contended, 
                                                                       tmp_path):
   """The one that trains ends bitwise equal to a lone run."""
   runs, workdir = contended
-  (ok, ok_err, _), (refused, refused_err, seconds) = runs
+  (ok, ok_err, trained_seconds), (refused, refused_err, seconds) = runs
   assert ok == 0, ok_err[-3000:]
   assert refused == 2 and "Traceback" not in refused_err, refused_err[-3000:]
   [line] = table.error_lines(refused_err)
   assert f"workdir {workdir} is in use by pid" in line and socket.gethostname() in line
-  assert seconds < 10, seconds  # 3 to 5 s on a quiet machine; the trainer compiles beside it
+  # Refused at once, not after waiting for the other: 3 to 5 s on a quiet machine while
+  # the other compiles beside it (docs/reliability.md), far less than the training run.
+  assert seconds < trained_seconds / 2, (seconds, trained_seconds)
   lone = str(tmp_path / "lone")
   done = table.run_cli(table.workdir_command(lone, tfds_dir))
   assert done.returncode == 0, done.stderr[-3000:]
@@ -117,6 +119,7 @@ def test_two_runs_resuming_a_trained_workdir_one_trains(trained, tmp_path):
   assert "Traceback" not in runs[1][1]
 
 
+@pytest.mark.slow  # two runs of the CLI: ~25 s on a quiet machine (docs/reliability.md)
 def test_disk_full_stops_at_once_and_resumes_bitwise(trained, tmp_path):
   full = table.disk_full(str(tmp_path), trained[1])
   if full is None:
