@@ -29,7 +29,9 @@ setuptools.setup(
         "numpy>=1.26",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "torch==2.13.0", "transformers>=4.50,<6"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "torch==2.13.0", "transformers>=4.50,<6",
+                 # Executing notebooks/ headless (tests/test_notebooks.py -m notebooks).
+                 "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6"],
         "hf": ["torch==2.13.0", "transformers>=4.50,<6"],
     },
 )
