@@ -443,7 +443,7 @@ CONFIG_CASES = [
          "config.reference.mode must be one of", ValueError),
     Case("Run", "unknown `nonfinite`", _config({"nonfinite": "ignore"}),
          "config.nonfinite must be one of", ValueError),
-    Case("Run", "`resume.allow_changes` naming no field",
+    Case("Run", "`resume.allow_changes` listing a field that does not exist",
          _config({"resume.allow_changes": "loss.beta,optimizer.lr"}),
          "config.resume.allow_changes: 'optimizer.lr' is not a config field", ValueError),
     Case("Run", "`export.hf_dir` for a GPM run (no causal-LM class)",
