@@ -184,7 +184,7 @@ def _batches(config, tmp_path):
           experiment.make_eval_batches(config, TOK, test))
 
 
-def test_ultrafeedback_trains_and_its_scores_reach_the_batch(tmp_path):
+def test_ultrafeedback_scores_reach_the_batch(tmp_path):
   uf = tmp_path / "uf" / "data"
   train, test = ultrafeedback(N), ultrafeedback(16, seed=5)
   _parquet(uf / "train_prefs-00000-of-00001.parquet", train)
@@ -198,13 +198,22 @@ def test_ultrafeedback_trains_and_its_scores_reach_the_batch(tmp_path):
   np.testing.assert_array_equal(batch["rejected_score"],
                                 [train[i]["score_rejected"] for i in ids])
   assert "chosen_score" in next(iter(eval_batches))
+
+
+@pytest.mark.slow  # a compile of the train step: ~25 s, then ~6 s for the second layout
+@pytest.mark.parametrize("layout", ["ultrafeedback", "hh_rlhf"])
+def test_public_layouts_train(layout, tmp_path):
+  if layout == "ultrafeedback":
+    uf = tmp_path / "uf" / "data"
+    _parquet(uf / "train_prefs-00000-of-00001.parquet", ultrafeedback(N))
+    _parquet(uf / "test_prefs-00000-of-00001.parquet", ultrafeedback(16, seed=5))
+    config = _config(tmp_path / "uf", tmp_path, **{"data.train_split": "train_prefs",
+                                                   "data.eval_split": "test_prefs"})
+  else:
+    _jsonl(tmp_path / "hh" / "train.jsonl", hh_rlhf(N))
+    _jsonl(tmp_path / "hh" / "test.jsonl", hh_rlhf(16, seed=7))
+    config = _config(tmp_path / "hh", tmp_path)
   _train(config, tmp_path)
-
-
-def test_hh_rlhf_trains(tmp_path):
-  _jsonl(tmp_path / "hh" / "train.jsonl", hh_rlhf(N))
-  _jsonl(tmp_path / "hh" / "test.jsonl", hh_rlhf(16, seed=7))
-  _train(_config(tmp_path / "hh", tmp_path), tmp_path)
 
 
 def _unpaired_dir(tmp_path):
