@@ -192,11 +192,9 @@ def test_results_table_puts_the_paper_beside_ours_not_comparable():
 
 @pytest.mark.recipes
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_tiny_recipe_end_to_end(recipe, tmp_path, request):
+def test_tiny_recipe_end_to_end(recipe, tmp_path):
   """The recipe's tiny preset through the command line: results.json and results.md, and
   the issue's targets (offline: held-out accuracy >= 0.9; online: final win rate > 0.5)."""
-  if "recipes" not in (request.config.getoption("markexpr") or ""):
-    pytest.skip("minutes per recipe: run with `python -m pytest -m recipes`")
   workdir = str(tmp_path / recipe)
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.reproduce", f"--recipe={recipe}", "--preset=tiny",

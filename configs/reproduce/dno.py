@@ -5,7 +5,7 @@ teacher's response, ranks them by the oracle's win rates, keeps the large-margin
 worst pair and trains DPO against π_t (η = `loss.beta`).
 
 There is no official code; the settings below come from the paper as summarised in
-/work/shared/research/algorithms.md §3, which marks most of them [unverified].
+the shared research notes (research/algorithms.md) §3, which marks most of them [unverified].
 
 Headline (abstract):
 

@@ -3,7 +3,7 @@ Direct Preference Optimization", arXiv 2409.06411): DPO on a likelihood whose to
 the shorter response's length are weighted by α (`loss.ld_alpha`).
 
 Headline (abstract; the per-model tables were not recovered, see
-/work/shared/research/algorithms.md §2.3):
+the shared research notes (research/algorithms.md) §2.3):
 
 | model | benchmark | number | source |
 |---|---|---|---|

@@ -4,7 +4,7 @@ token rewards from contrastive prompting of the reference model
 (training/token_rewards.py, once before training).
 
 The official code (wzhouad/T-REG) is not in our stores: every value here is [secondary]
-(a paper note, /work/shared/research/algorithms.md §6) unless it comes from the SimPO
+(a paper note, the shared research notes (research/algorithms.md) §6) unless it comes from the SimPO
 on-policy recipe the paper trains with.
 
 Headline (Table 1 [secondary]):
