@@ -13,8 +13,8 @@ Each recipe module has
 `python -m experiments.reproduce --recipe=<recipe> --preset=tiny --workdir=W` runs one
 (docs/recipes.md has the table of all of them).
 
-Provenance marks in the comments follow the shared research notes (research/algorithms.md): a line quotes
-the paper (section, table, appendix) or the official code (file), and `[unverified]` marks
+Provenance marks in the comments follow the shared research notes
+(research/algorithms.md): a line quotes the paper (section, table, appendix) or the official code (file), and `[unverified]` marks
 a value we had to choose or could not check against the paper.
 """
 
