@@ -9,7 +9,8 @@ setuptools.setup(
     "LD-DPO, DNO, INPO, GPO, T-REG, implicit PRMs, on one sharded training loop.",
     python_requires=">=3.10",
     packages=setuptools.find_packages(
-        include=["algorithms*", "models*", "training*", "data*", "experiments*", "configs*"]),
+        include=["algorithms*", "models*", "training*", "data*", "experiments*", "configs*",
+                 "verification*"]),
     install_requires=[
         "jax>=0.5.0,<0.13",
         "flax>=0.10.4,<0.14",

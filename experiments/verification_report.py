@@ -3,7 +3,7 @@ r"""Writes docs/verification.md and docs/verification/*.png from the small-world
     python -m experiments.verification_report                 # every algorithm
     python -m experiments.verification_report --out_dir=/tmp/report
 
-Runs every world of `algorithms/testing/worlds.py` (the same code as
+Runs every world of `verification/worlds.py` (the same code as
 `python -m experiments.worlds --algorithm=all`), then writes a results table, the notes of
 each world, the documented shortfalls and one figure per algorithm (a panel per world: the
 learned policy against its target, or convergence curves). Everything in the Markdown file
@@ -104,7 +104,7 @@ def render(results, figures: dict[str, str]) -> str:
       "from the registry trains a tabular policy on the exact expected loss of a small "
       "contextual bandit, and the result is compared with a target computed independently "
       "(closed form, linear solve, linear program or high-precision fixed point; see "
-      "`algorithms/testing/`). Rerun a single algorithm with "
+      "`verification/`). Rerun a single algorithm with "
       "`python -m experiments.worlds --algorithm=NAME`.",
       "",
       f"**{passed} of {len(results)} worlds meet their criterion.** Runtimes are wall "
@@ -141,7 +141,7 @@ def render(results, figures: dict[str, str]) -> str:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  from algorithms.testing import worlds
+  from verification import worlds
   names = _ALGORITHMS.value or worlds.names()
   results = []
   for name in names:

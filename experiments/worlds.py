@@ -11,7 +11,7 @@ tolerance, "at_least" value ≥ target − tolerance. The exit code is 0 whether
 world passed (the JSON says which); 2 for an unknown algorithm.
 
 The worlds, their targets and why each target is the right one are documented in
-`algorithms/testing/` (start at `algorithms/testing/worlds.py`).
+`verification/` (start at `verification/worlds.py`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ _ALGORITHM = flags.DEFINE_string(
 
 
 def run_all(names):
-  from algorithms.testing import worlds
+  from verification import worlds
   results = []
   for name in names:
     results.extend(worlds.run(name))
@@ -36,7 +36,7 @@ def run_all(names):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # keep JAX's backend notices off the output
-  from algorithms.testing import worlds
+  from verification import worlds
   name = _ALGORITHM.value
   if name == "list":
     print("\n".join(worlds.names()))

@@ -225,19 +225,19 @@ on the exact expected loss of a small contextual bandit, and the result is compa
 target computed independently: DPO's KL-regularised optimum π_ref·e^(r/β)/Z, the Nash
 equilibrium of a cyclic preference game (DNO, INPO, GPO), a GPM against a Bradley-Terry
 model on intransitive tournaments, and more. These are the first rung of the verification
-ladder; `algorithms/testing/` holds the worlds and the reasons each target is right, and
+ladder; `verification/` holds the worlds and the reasons each target is right, and
 `python -m experiments.verification_report` writes the same figures to `docs/`.
 '''),
     SETUP,
     code(WORKDIR.format(name="worlds")),
     md('''
-`algorithms.testing.worlds.run(name)` runs one algorithm's worlds and returns `WorldResult`s
+`verification.worlds.run(name)` runs one algorithm's worlds and returns `WorldResult`s
 (value, target, tolerance, criterion, plot data); `experiments.verification_report.plot_algorithm`
 draws one figure per algorithm. The helper below runs, prints and plots one algorithm.
 '''),
     code('''
-from algorithms.testing import offline_worlds, worlds
-from algorithms.testing.common import timed
+from verification import offline_worlds, worlds
+from verification.common import timed
 from experiments.verification_report import plot_algorithm
 
 RESULTS = {}

@@ -264,7 +264,7 @@ def test_simpo_sft_weight_adds_token_weighted_chosen_nll():
 @pytest.mark.parametrize("name", ["dpo", "online_dpo", "dno", "inpo"])
 def test_sft_weight_adds_the_same_chosen_nll_to_the_pairwise_losses(name):
   """RPO's NLL term (Pang et al. 2024): loss + α · token-weighted NLL of the chosen side."""
-  from algorithms.testing.common import loss_config
+  from verification.common import loss_config
 
   inputs = fixture_a(with_ref=True).replace(pair_weights=jnp.array([1.0, 0.0, 1.0]))
   inputs = inputs.replace(prev_chosen_logps=inputs.ref_chosen_logps,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import algorithms
-from algorithms.testing import game_worlds
+from verification import game_worlds
 from tests.conftest import micro_online, micro_online_flags, seed_round_0
 from training import config_check, rounds
 
@@ -47,7 +47,7 @@ def test_online_algorithms_declare_their_round():
 def _driver_iterates(needs, objective, theta0, num_rounds: int) -> np.ndarray:
   """The driver's anchor logic (frozen_models, advance) on a tabular world: each round
   minimises the world's exact expected loss given the frozen slots the algorithm asks for."""
-  from algorithms.testing.common import adam
+  from verification.common import adam
 
   minimise = jax.jit(lambda theta, frozen: adam(objective, theta, frozen,
                                                 steps=game_worlds.ROUND_STEPS,
@@ -65,7 +65,7 @@ def _driver_iterates(needs, objective, theta0, num_rounds: int) -> np.ndarray:
 def test_driver_reproduces_the_tabular_worlds(name):
   """The round logic (which model fills which frozen slot, what moves after a round) run on
   the cyclic-preference world with exact expectations gives the world's own iterates."""
-  from algorithms.testing import tabular
+  from verification import tabular
 
   pref = game_worlds.cyclic_preferences()
   needs = algorithms.get_algorithm(name).requirements

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from algorithms.testing import games, tabular, worlds
+from verification import games, tabular, worlds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KNOWN_SHORTFALLS = {
     ("ld_dpo", "length_bias_drift"): 1.0097,
     ("ld_dpo", "length_bias_drift_policy_only_ld"): 0.5273,
-    # Shared per-token policy (algorithms/testing/length_worlds.py), α = 0.5.
+    # Shared per-token policy (verification/length_worlds.py), α = 0.5.
     ("ld_dpo", "shared_params_length_drift"): 1.0434,
     ("ld_dpo", "shared_params_length_drift_policy_only_ld"): 0.5682,
     # Length-correlated data, length-blind labels (pre-registered in docs/ld_dpo_length.md).
@@ -143,7 +143,7 @@ def test_one_round_of_dno_and_inpo_is_their_closed_form_update():
   """The real losses' exact-expectation minimisers are the updates the worlds rely on:
   DNO π_{t+1} ∝ π_t exp(P(·≻π_t)/η); INPO log π_{t+1} = r log π_ref + (1−r) log π_t
   + P(·≻π_t)/η + c with r = τ/η."""
-  from algorithms.testing import game_worlds
+  from verification import game_worlds
   pref = game_worlds.cyclic_preferences()
   start = np.array([0.4, 0.1, 0.2, 0.3])
   dno_next = game_worlds.dno_iterates(pref, 0.5, 1, start=start)[1]
@@ -160,7 +160,7 @@ def test_shared_length_policy_contains_reference_and_neutral_optimum():
   """The design claims of the shared-parameter length world: θ = 0 is π_ref (uniform at
   every node), θ_C − θ_W = 1/β is the length-neutral KL optimum, and one stop logit serves
   both depths (P(stop) = e^θ_EOS / (e^θ_EOS + e^θ_e1 + e^θ_e2) after 0 and 1 elaborations)."""
-  from algorithms.testing import length_worlds
+  from verification import length_worlds
   w = length_worlds.SharedLengthWorld()
   np.testing.assert_allclose(w.probs(np.zeros(5)), w.world.ref, atol=1e-12)
   theta = np.zeros(5)
@@ -182,8 +182,8 @@ def test_correlated_data_world_design_and_the_pinned_tail():
   shortfall gives: DPO's minimiser keeps π_ref's stop probability after the first
   elaboration of the correct response, so its drift comes from decisions LD-DPO weights
   fully."""
-  from algorithms.testing import length_worlds
-  from algorithms.testing.common import loss_config
+  from verification import length_worlds
+  from verification.common import loss_config
   w = length_worlds.CorrelatedDataWorld(2)
   space, pairs, n = w.world.space, w.world.pairs, w.n
   reward = w.world.reward

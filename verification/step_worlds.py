@@ -21,8 +21,8 @@ import algorithms
 from algorithms import implicit_prm
 from algorithms import prime as prime_module
 from algorithms.base import LossInputs
-from algorithms.testing import games, tabular
-from algorithms.testing.common import (WorldResult, adam, garbage_padded, loss_config,
+from verification import games, tabular
+from verification.common import (WorldResult, adam, garbage_padded, loss_config,
                                        normalized_weights)
 
 C, E, SEP = 1, 2, 3

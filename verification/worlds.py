@@ -32,8 +32,8 @@ from __future__ import annotations
 import itertools
 from typing import Callable, Iterator
 
-from algorithms.testing import game_worlds, length_worlds, offline_worlds, step_worlds
-from algorithms.testing.common import WorldResult, timed
+from verification import game_worlds, length_worlds, offline_worlds, step_worlds
+from verification.common import WorldResult, timed
 
 
 def _ld_dpo_worlds() -> Iterator[WorldResult]:

@@ -20,7 +20,7 @@ import optax
 
 import algorithms
 from algorithms.base import LossInputs
-from algorithms.testing.tabular import Pairs, TreeSpace
+from verification.tabular import Pairs, TreeSpace
 from configs import base as base_config
 
 CRITERIA = ("within", "at_most", "at_least")

@@ -20,8 +20,8 @@ import algorithms
 from algorithms import dpo as _dpo  # noqa: F401  (registers dpo, ipo)
 from algorithms import ld_dpo as _ld_dpo  # noqa: F401
 from algorithms import t_reg as _t_reg  # noqa: F401
-from algorithms.testing import games, tabular
-from algorithms.testing.common import WorldResult, adam, loss_config, pair_inputs
+from verification import games, tabular
+from verification.common import WorldResult, adam, loss_config, pair_inputs
 
 EOS = 0
 BETA = 0.5

@@ -57,10 +57,10 @@ import numpy as np
 import algorithms
 from algorithms import dpo as _dpo  # noqa: F401  (registers dpo)
 from algorithms import ld_dpo as _ld_dpo  # noqa: F401
-from algorithms.testing import tabular
-from algorithms.testing.common import (WorldResult, adam, gradient_descent, loss_config,
+from verification import tabular
+from verification.common import (WorldResult, adam, gradient_descent, loss_config,
                                        pair_inputs)
-from algorithms.testing.offline_worlds import (CORRECT, EOS, LD_ALPHA, LD_DRIFT_RATIO,
+from verification.offline_worlds import (CORRECT, EOS, LD_ALPHA, LD_DRIFT_RATIO,
                                                LENGTH_BIAS, KLWorld, _length_world_responses,
                                                ld_drift_result, sigmoid)
 

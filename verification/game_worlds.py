@@ -30,9 +30,9 @@ from algorithms import gpo as gpo_module
 from algorithms import inpo as _inpo  # noqa: F401
 from algorithms import preference
 from algorithms.base import LossInputs
-from algorithms.testing import games, tabular
-from algorithms.testing.common import WorldResult, adam, loss_config, pair_inputs
-from algorithms.testing.tabular import Pairs
+from verification import games, tabular
+from verification.common import WorldResult, adam, loss_config, pair_inputs
+from verification.tabular import Pairs
 
 GAP_TOLERANCE = 0.02
 
