@@ -1,20 +1,21 @@
 """Preference-optimization losses: pure functions of per-token log-probabilities.
 
-Importing this package registers every loss; select one with `get_loss(config.loss.name)`.
+Importing this package registers every loss: each module in this folder that calls
+`register` is imported here, so a new loss is one new file (docs/ARCHITECTURE.md, "Adding
+an algorithm"). Select one with `get_algorithm(config.loss.name)`.
 """
 
-from algorithms.base import (Algorithm, LossInputs, OnlineRound, Requirements, batch_mean,
-                             chosen_token_count, completion_lengths, get_algorithm, get_loss,
-                             mean_logps, preference_metrics, register, registered_names,
-                             sequence_logps)
-from algorithms import dpo  # noqa: F401  (registers the DPO family)
-from algorithms import simpo  # noqa: F401
-from algorithms import sft  # noqa: F401
-from algorithms import ld_dpo  # noqa: F401
-from algorithms import dno  # noqa: F401
-from algorithms import inpo  # noqa: F401
-from algorithms import t_reg  # noqa: F401
-from algorithms import implicit_prm  # noqa: F401
-from algorithms import prime  # noqa: F401
-from algorithms import preference  # noqa: F401  (gpm, bt_reward)
-from algorithms import gpo  # noqa: F401
+import importlib
+import pkgutil
+
+from algorithms.base import (TARGETS, Algorithm, LossInputs, OnlineRound, Requirements,
+                             get_algorithm, get_loss, loss_config, register, registered_names)
+from algorithms.common import (batch_mean, chosen_token_count, completion_lengths, mean_logps,
+                               preference_metrics, sequence_logps)
+
+# Modules that define no loss: the interface, the shared reductions and the checks.
+_NOT_LOSSES = {"base", "common", "validation"}
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+  if _module not in _NOT_LOSSES:
+    importlib.import_module(f"algorithms.{_module}")

@@ -18,24 +18,43 @@ Conventions (shared with `../docs/ARCHITECTURE.md`):
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import flax.struct
 import jax
-import jax.numpy as jnp
+import ml_collections
+
+from algorithms.validation import check_hyperparameters
 
 Array = jax.Array
 Metrics = dict[str, Array]
+
+
+# The targets a loss may read from `LossInputs.targets`, by the data layer's own names (a
+# record's field, a batch's key: data/readers.py PAIR_FIELDS and TOKEN_FIELDS), with shapes.
+TARGETS = {
+    "preference_prob": "[B] oracle probability P(y_w ≻ y_l | x), a soft label (DNO Alg. 1)",
+    "chosen_score": "[B] per-response regression target (GPO's / SPPO's score or win rate)",
+    "rejected_score": "[B] the same for the rejected response",
+    "chosen_label": "[B] outcome label in {0, 1} (implicit PRM's CE, PRIME's verifier)",
+    "rejected_label": "[B] the same for the rejected response",
+    "chosen_token_rewards": "[B, T] token rewards of the chosen response, 0 off completion "
+                            "(T-REG)",
+    "rejected_token_rewards": "[B, T] token rewards of the rejected response",
+    "chosen_advantages": "[B, T] per-token advantages, 0 off completion (PRIME's RLOO)",
+}
 
 
 @flax.struct.dataclass
 class LossInputs:
   """Per-token quantities for a batch of B preference pairs ([B, T] unless stated).
 
-  Optional fields are None when the algorithm does not ask for them (its `Requirements`
-  say which the loop fills), so that every loss keeps the same signature. Response-level
-  algorithms without pairs (implicit PRM's CE objective, PRIME) use the `chosen_*` slots
-  for their responses and leave the `rejected_*` ones None.
+  A typed core that every loss may read, plus `targets`: the per-pair or per-token numbers
+  that come with the data (see `TARGETS`), keyed by the data layer's names. Optional fields
+  are None when the algorithm does not ask for them (its `Requirements` say which the loop
+  fills), so that every loss keeps the same signature. Response-level algorithms without
+  pairs (implicit PRM's CE objective, PRIME) use the `chosen_*` slots for their responses
+  and leave the `rejected_*` ones None.
   """
 
   policy_chosen_logps: Array
@@ -44,38 +63,38 @@ class LossInputs:
   rejected_mask: Optional[Array]
   ref_chosen_logps: Optional[Array] = None
   ref_rejected_logps: Optional[Array] = None
-  # [B] weight of each pair in batch means: 1 for real pairs, 0 for the filler pairs that pad
-  # the last eval batch. None means all ones.
-  pair_weights: Optional[Array] = None
   # [B, T] log-probs under the previous iterate π_t (DNO, INPO, GPO/SPPO; PRIME's old policy).
   prev_chosen_logps: Optional[Array] = None
   prev_rejected_logps: Optional[Array] = None
-  # [B] oracle probability P(y_w ≻ y_l | x) used as a soft label (DNO's soft form).
-  preference_probs: Optional[Array] = None
-  # [B] per-response regression targets from an oracle (GPO's / SPPO's win-rate scores).
-  chosen_scores: Optional[Array] = None
-  rejected_scores: Optional[Array] = None
-  # [B, T] token-level rewards (T-REG's contrastive-prompting rewards), 0 off completion.
-  chosen_token_rewards: Optional[Array] = None
-  rejected_token_rewards: Optional[Array] = None
-  # [B, T] 1 at the last token of each reasoning step (implicit PRM / PRIME step rewards).
-  chosen_step_ends: Optional[Array] = None
-  rejected_step_ends: Optional[Array] = None
-  # [B] outcome labels in {0, 1} (answer correct or not): implicit PRM's CE, PRIME's verifier.
-  chosen_labels: Optional[Array] = None
-  rejected_labels: Optional[Array] = None
-  # [B, D] reward / preference head outputs at the last token (BT: D = 1; GPM: D = 2k).
-  chosen_values: Optional[Array] = None
-  rejected_values: Optional[Array] = None
-  # [B, k] GPM's prompt-dependent eigenvalues λ(x) (prompt head), None for λ = 1.
-  preference_gates: Optional[Array] = None
-  # [B, T] per-token advantages (PRIME's RLOO returns, whitened), 0 off completion.
-  advantages: Optional[Array] = None
+  # [B] weight of each pair in batch means: 1 for real pairs, 0 for the filler pairs that pad
+  # the last eval batch. None means all ones.
+  pair_weights: Optional[Array] = None
   # [] what a loss averaged over the batch's completion TOKENS divides by: the pair-weighted
   # number of chosen completion tokens of the whole optimizer batch divided by the number of
   # micro-batches it is split into (gradient accumulation), so that the mean of micro-batch
   # gradients is the whole batch's. None: this batch's own count.
   chosen_token_count: Optional[Array] = None
+  # [B, D] reward / preference head outputs at the last token (BT: D = 1; GPM: D = 2k).
+  chosen_values: Optional[Array] = None
+  rejected_values: Optional[Array] = None
+  # [B, k] GPM's prompt-dependent eigenvalues λ(x) (prompt head), None for λ = 1.
+  preference_gates: Optional[Array] = None
+  # The data's targets the algorithm declared in `Requirements.targets` and the batch holds.
+  targets: Mapping[str, Array] = flax.struct.field(default_factory=dict)
+
+  def target(self, name: str, loss: str) -> Array:
+    """`targets[name]`, or a ValueError saying which loss needed it and where it comes from."""
+    if name not in self.targets:
+      raise ValueError(
+          f"loss {loss!r} needs the target {name!r} ({TARGETS.get(name, '?')}) but LossInputs "
+          f"has only {sorted(self.targets) or 'none'}; declare it in Requirements(targets=...) "
+          "and give it in the data")
+    return self.targets[name]
+
+  def with_targets(self, **targets: Optional[Array]) -> "LossInputs":
+    """A copy with `targets` set (by the data's names); a None value removes that target."""
+    merged = {**self.targets, **targets}
+    return self.replace(targets={k: v for k, v in merged.items() if v is not None})
 
 
 ROUND_ROWS = ("best_worst", "gpo_targets", "groups")
@@ -127,21 +146,38 @@ class Requirements:
     fills `chosen_values` / `rejected_values` instead of the log-prob fields.
   online: None for a fixed dataset; an `OnlineRound` when the training rows come from
     sampling the policy and scoring the samples, round after round.
-  token_rewards: {chosen,rejected}_token_rewards (T-REG's contrastive prompting).
-  outcome_labels: {chosen,rejected}_labels and step_ends (implicit PRM).
+  targets: the `TARGETS` the loss reads from `LossInputs.targets`; the step passes each one
+    the batch holds. Two imply work before the step: "chosen_token_rewards" (T-REG's
+    contrastive prompting, computed from the reference before training) and "chosen_label"
+    (pairs without labels get chosen = 1, rejected = 0: the chosen answer is the correct one).
   unpaired: how the loss trains on unpaired records (prompt / completion / label, one
-    response in the chosen_* slots with its label as `chosen_labels`): None refuses them
-    (the loss needs pairs), "all" takes every response, "desirable" only those labelled
-    true (data.pipeline.UNPAIRED_MODES).
+    response in the chosen_* slots with its label as the "chosen_label" target): None
+    refuses them (the loss needs pairs), "all" takes every response, "desirable" only those
+    labelled true (data.pipeline.UNPAIRED_MODES).
   """
 
   reference: bool = True
   previous_policy: bool = False
   head: str = "lm"
   online: Optional[OnlineRound] = None
-  token_rewards: bool = False
-  outcome_labels: bool = False
+  targets: tuple[str, ...] = ()
   unpaired: Optional[str] = None
+
+  def __post_init__(self):
+    unknown = [t for t in self.targets if t not in TARGETS]
+    if unknown:
+      raise ValueError(f"Requirements.targets: unknown {unknown}; the data gives "
+                       f"{sorted(TARGETS)}")
+
+  @property
+  def token_rewards(self) -> bool:
+    """T-REG's token rewards are computed before training."""
+    return "chosen_token_rewards" in self.targets
+
+  @property
+  def outcome_labels(self) -> bool:
+    """The loss reads outcome labels (pairs without them count chosen as correct)."""
+    return "chosen_label" in self.targets
 
 
 LossFn = Callable[[LossInputs, Mapping], tuple[Array, Metrics]]
@@ -149,10 +185,28 @@ LossFn = Callable[[LossInputs, Mapping], tuple[Array, Metrics]]
 
 @dataclasses.dataclass(frozen=True)
 class Algorithm:
+  """A registered loss: its function, what the loop computes for it, its hyperparameters
+  (`config.loss` is built from `defaults`) and their checks."""
+
   name: str
   loss_fn: LossFn
   requirements: Requirements
-  validate: Callable[[Mapping], None]
+  check_values: Callable[[Mapping], None]
+  defaults: Mapping[str, Any]
+
+  def validate(self, cfg: Mapping) -> None:
+    """Raises ConfigError for a key of `cfg` that is not this loss's, a missing one, or a
+    bad value (algorithms/validation.py)."""
+    check_hyperparameters(cfg, self.defaults)
+    self.check_values(cfg)
+
+  def loss_config(self, **overrides) -> ml_collections.ConfigDict:
+    """`config.loss` for this loss: `name`, the defaults, then `overrides` (known keys only)."""
+    unknown = sorted(set(overrides) - set(self.defaults))
+    if unknown:
+      raise KeyError(f"loss {self.name!r} has no hyperparameter {unknown[0]!r}; its "
+                     f"hyperparameters: {', '.join(sorted(self.defaults)) or 'none'}")
+    return ml_collections.ConfigDict({"name": self.name, **self.defaults, **overrides})
 
 
 _REGISTRY: dict[str, Algorithm] = {}
@@ -163,13 +217,21 @@ def _no_validation(cfg: Mapping) -> None:
 
 
 def register(name: str, *, requirements: Requirements = Requirements(),
+             defaults: Optional[Mapping[str, Any]] = None,
              validate: Callable[[Mapping], None] = _no_validation):
-  """Decorator: makes `loss_fn` selectable as `config.loss.name = name`."""
+  """Decorator: makes `loss_fn` selectable as `config.loss.name = name`.
+
+  `defaults` are the loss's hyperparameters, each with its default value (the paper's or
+  TRL's); a config's `config.loss` holds exactly these keys and `name`. `validate(cfg)`
+  raises on a bad value of one of them (algorithms/validation.py).
+  """
 
   def wrap(loss_fn: LossFn) -> LossFn:
     if name in _REGISTRY:
       raise ValueError(f"loss {name!r} is registered twice")
-    _REGISTRY[name] = Algorithm(name, loss_fn, requirements, validate)
+    if "name" in (defaults or {}):
+      raise ValueError(f"loss {name!r}: 'name' is not a hyperparameter")
+    _REGISTRY[name] = Algorithm(name, loss_fn, requirements, validate, dict(defaults or {}))
     return loss_fn
 
   return wrap
@@ -187,109 +249,10 @@ def get_loss(name: str) -> LossFn:
   return get_algorithm(name).loss_fn
 
 
+def loss_config(name: str, **overrides) -> ml_collections.ConfigDict:
+  """`config.loss` for the registered loss `name`: its defaults, then `overrides`."""
+  return get_algorithm(name).loss_config(**overrides)
+
+
 def registered_names() -> list[str]:
   return sorted(_REGISTRY)
-
-
-# ---------------------------------------------------------------------------------------
-# Small helpers every loss uses.
-
-
-def sequence_logps(logps: Array, mask: Array) -> Array:
-  """[B, T] per-token log-probs -> [B] summed over completion tokens.
-
-  `where`, not `logps * mask`: an inf or NaN under mask 0 (a masked log-softmax, a filler row)
-  must not reach the sum or its gradient.
-  """
-  return jnp.sum(jnp.where(mask > 0, logps, 0.0), axis=-1)
-
-
-def completion_lengths(mask: Array) -> Array:
-  """[B] number of completion tokens, clamped at 1 so that means never divide by zero."""
-  return jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
-
-
-def mean_logps(logps: Array, mask: Array) -> Array:
-  """[B] per-token average log-prob over completion tokens."""
-  return sequence_logps(logps, mask) / completion_lengths(mask)
-
-
-def weighted_token_count(mask: Array, pair_weights: Optional[Array] = None) -> Array:
-  """[] Σ_b w_b Σ_t mask_bt: completion tokens of a batch, each pair counted with its weight."""
-  tokens = jnp.sum(mask.astype(jnp.float32), axis=-1)
-  if pair_weights is not None:
-    tokens = tokens * pair_weights.astype(jnp.float32)
-  return jnp.sum(tokens)
-
-
-def chosen_token_count(inputs: LossInputs) -> Array:
-  """[] pair-weighted count of chosen completion tokens a token mean divides by (see
-  `LossInputs.chosen_token_count`), at least float32 tiny so it never divides by zero."""
-  count = (weighted_token_count(inputs.chosen_mask, inputs.pair_weights)
-           if inputs.chosen_token_count is None
-           else inputs.chosen_token_count.astype(jnp.float32))
-  return jnp.maximum(count, jnp.finfo(jnp.float32).tiny)
-
-
-def batch_mean(values: Array, inputs: LossInputs) -> Array:
-  """Mean of per-pair values [B] over the batch, weighted by `inputs.pair_weights`."""
-  if inputs.pair_weights is None:
-    return jnp.mean(values)
-  w = inputs.pair_weights.astype(values.dtype)
-  return jnp.sum(values * w) / jnp.maximum(jnp.sum(w), 1.0)
-
-
-def preference_metrics(inputs: LossInputs, chosen_rewards: Array, rejected_rewards: Array,
-                       chosen_logps: Array, rejected_logps: Array) -> Metrics:
-  """TRL's metric names, so curves are comparable across codebases.
-
-  All arguments are per pair ([B]): the algorithm's implicit rewards and the policy's
-  sequence log-probs. Gradients are stopped. `rewards/accuracies` counts a tie as half a
-  win: at step 0 the policy equals the reference, every reward is 0, and the metric reads
-  0.5 (chance), where TRL's strict `>` reads 0.0. Ties are measure-zero afterwards, so
-  curves match TRL's from the first update on.
-  """
-  sg = jax.lax.stop_gradient
-  chosen_rewards, rejected_rewards = sg(chosen_rewards), sg(rejected_rewards)
-  mean = lambda x: batch_mean(x, inputs)
-  return {
-      "rewards/chosen": mean(chosen_rewards),
-      "rewards/rejected": mean(rejected_rewards),
-      "rewards/accuracies": mean(
-          jnp.where(chosen_rewards == rejected_rewards, 0.5,
-                    (chosen_rewards > rejected_rewards).astype(jnp.float32))),
-      "rewards/margins": mean(chosen_rewards - rejected_rewards),
-      "logps/chosen": mean(sg(chosen_logps)),
-      "logps/rejected": mean(sg(rejected_logps)),
-  }
-
-
-def chosen_nll(inputs: LossInputs) -> Array:
-  """Token-weighted cross-entropy of the chosen completions over the batch.
-
-  −Σ_b w_b Σ_t m_bt logπ_bt / Σ_b w_b n_b, i.e. HF `CrossEntropyLoss` over every chosen
-  completion token of the batch (what the SimPO trainer's `sft_weight` term uses), with pair
-  weights w. Under gradient accumulation the denominator is the whole batch's share
-  (`chosen_token_count`), so micro-batch gradients average to the whole batch's.
-  """
-  mask = inputs.chosen_mask
-  logps = jnp.where(mask > 0, inputs.policy_chosen_logps.astype(jnp.float32), 0.0)
-  nll = -jnp.sum(logps, axis=-1)  # [B]
-  if inputs.pair_weights is not None:
-    nll = nll * inputs.pair_weights.astype(jnp.float32)
-  # No completion token at all: the sum is 0 too, so the term is 0 rather than NaN.
-  return jnp.sum(nll) / chosen_token_count(inputs)
-
-
-def add_chosen_nll(loss: Array, metrics: Metrics, inputs: LossInputs, weight: float):
-  """loss + weight · `chosen_nll` (metric `sft_loss`) when weight > 0, else loss unchanged.
-
-  The NLL term of RPO / iterative reasoning preference optimisation (Pang et al. 2024,
-  "Iterative Reasoning Preference Optimization", arXiv 2404.19733, Eq. 1; TRL's `rpo_alpha`):
-  on verifiable tasks a pairwise loss alone lowers the likelihood of the chosen (correct)
-  answers along with the rejected ones, and the term keeps it up.
-  """
-  if not weight:
-    return loss, metrics
-  sft = chosen_nll(inputs)
-  return loss + weight * sft, dict(metrics, sft_loss=jax.lax.stop_gradient(sft))

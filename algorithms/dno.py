@@ -23,7 +23,7 @@ the two per-pair losses are
 η is the paper's η (the soft-policy-iteration temperature in π_{t+1} ∝ π_t exp(r_t/η), Eq. 9);
 it plays DPO's β and is read from `config.loss.beta`.
 
-Which form runs is decided by the data: `inputs.preference_probs` None -> DNO-Prct (hard),
+Which form runs is decided by the data: no "preference_prob" target -> DNO-Prct (hard),
 an array p [B] -> Algorithm 1 (soft). To follow Eq. 8 literally, fill p with
 σ(r_t(y_w) − r_t(y_l)) from the estimated win-rates, not with the raw P(y_w ≻ y_l); the loss
 accepts any p ∈ [0, 1] and does not clip it (p outside [0, 1] makes the loss unbounded below).
@@ -53,11 +53,10 @@ from typing import Mapping, Optional
 import jax
 import jax.numpy as jnp
 
-from algorithms.base import (Array, LossInputs, Metrics, OnlineRound, Requirements,
-                             add_chosen_nll, batch_mean, preference_metrics, register,
-                             sequence_logps)
-from algorithms.dpo import (check_number, check_unused_zero, masked_float32, optional_value,
-                            policy_sequence_logps)
+from algorithms.base import Array, LossInputs, Metrics, OnlineRound, Requirements, register
+from algorithms.common import (add_chosen_nll, batch_mean, frozen_sequence_logps,
+                               policy_sequence_logps, preference_metrics)
+from algorithms.validation import check_number
 
 
 def dno_loss(policy_chosen: Array, policy_rejected: Array, prev_chosen: Array,
@@ -77,55 +76,36 @@ def dno_loss(policy_chosen: Array, policy_rejected: Array, prev_chosen: Array,
   return -(target * jax.nn.log_sigmoid(z) + (1.0 - target) * jax.nn.log_sigmoid(-z))
 
 
-def frozen_sequence_logps(inputs: LossInputs, model: str = "prev") -> tuple[Array, Array]:
-  """[B] summed log-probs of y_w, y_l under a frozen model: "prev" (the previous iterate π_t,
-  `prev_*_logps`) or "ref" (the reference, `ref_*_logps`)."""
-  chosen, rejected = getattr(inputs, f"{model}_chosen_logps"), getattr(
-      inputs, f"{model}_rejected_logps")
-  if chosen is None or rejected is None:
-    what, flag = (("the previous iterate's", "previous_policy") if model == "prev" else
-                  ("the reference", "reference"))
-    raise ValueError(
-        f"this loss needs {what} log-probs ({model}_chosen_logps, {model}_rejected_logps) but "
-        f"LossInputs has None; the algorithm's Requirements({flag}=True) was not honoured")
-  return (sequence_logps(*masked_float32(chosen, inputs.chosen_mask)),
-          sequence_logps(*masked_float32(rejected, inputs.rejected_mask)))
-
-
-def previous_sequence_logps(inputs: LossInputs) -> tuple[Array, Array]:
-  """[B] log π_t(y_w), log π_t(y_l) under the previous iterate, summed over completion tokens."""
-  return frozen_sequence_logps(inputs, "prev")
-
-
 def _validate_dno(cfg: Mapping) -> None:
   check_number(cfg, "beta", low=0.0, low_inclusive=False)
-  check_unused_zero(cfg, "label_smoothing")
   check_number(cfg, "sft_weight", low=0.0)
 
 
+# η = 0.1 [unverified: DNO's experiments sweep it; see configs/reproduce/dno.py].
 @register("dno", requirements=Requirements(reference=False, previous_policy=True,
-                                            online=OnlineRound("best_worst")),
-          validate=_validate_dno)
+                                            online=OnlineRound("best_worst"),
+                                            targets=("preference_prob",)),
+          defaults={"beta": 0.1, "sft_weight": 0.0}, validate=_validate_dno)
 def dno(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   """DNO (Rosset et al. 2024): pair-weighted mean of `dno_loss` against π_t, η = cfg.beta.
 
-  Hard DNO-Prct form (Eq. 13) when `inputs.preference_probs` is None, soft Algorithm 1 form
-  (Eq. 8) with label p = `preference_probs` otherwise. The `ref_*` fields are ignored.
+  Hard DNO-Prct form (Eq. 13) when the batch has no "preference_prob" target, soft
+  Algorithm 1 form (Eq. 8) with label p = that target otherwise. The `ref_*` fields are ignored.
   Metrics: rewards η·(log πθ − log π_t) (the internal reward of Eq. 10 without its
   partition term), `logps/*` the summed policy log-probs, and `dno/target` the mean label
   (1 for the hard form).
   """
   eta = cfg.beta
   chosen, rejected = policy_sequence_logps(inputs)  # [B] each
-  prev_chosen, prev_rejected = previous_sequence_logps(inputs)
-  per_pair = dno_loss(chosen, rejected, prev_chosen, prev_rejected, eta,
-                      inputs.preference_probs)
+  prev_chosen, prev_rejected = frozen_sequence_logps(inputs, "prev")
+  soft_label = inputs.targets.get("preference_prob")  # [B] or None
+  per_pair = dno_loss(chosen, rejected, prev_chosen, prev_rejected, eta, soft_label)
   loss = batch_mean(per_pair, inputs)
   metrics = preference_metrics(inputs, eta * (chosen - prev_chosen),
                                eta * (rejected - prev_rejected), chosen, rejected)
-  if inputs.preference_probs is None:
+  if soft_label is None:
     metrics["dno/target"] = jnp.ones((), jnp.float32)
   else:
     metrics["dno/target"] = batch_mean(
-        jax.lax.stop_gradient(inputs.preference_probs.astype(jnp.float32)), inputs)
-  return add_chosen_nll(loss, metrics, inputs, optional_value(cfg, "sft_weight"))
+        jax.lax.stop_gradient(soft_label.astype(jnp.float32)), inputs)
+  return add_chosen_nll(loss, metrics, inputs, cfg.sft_weight)

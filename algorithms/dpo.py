@@ -13,76 +13,22 @@ The module has two layers, in the style of `optax.losses`:
     `loss_fn(inputs: LossInputs, cfg) -> (loss, metrics)` that reduce per-token inputs
     (`log_ratios`), call a primitive, take the pair-weighted batch mean and add TRL metrics.
 
-Config keys read (all in `config.loss`): `beta`, `label_smoothing` (dpo, cdpo, robust_dpo),
-`ipo_average_logps` (ipo).
-
-All arithmetic is float32, whatever the dtype of the incoming log-probs.
+Hyperparameters (`config.loss`, defaults in each `register`): `beta`; `label_smoothing` (dpo,
+cdpo, robust_dpo); `sft_weight` (dpo, online_dpo); `ipo_average_logps` (ipo). The reductions
+come from `algorithms.common` (float32 whatever the incoming dtype).
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 
-from algorithms.base import (Array, LossInputs, Metrics, OnlineRound, Requirements,
-                             add_chosen_nll, batch_mean, completion_lengths, preference_metrics,
-                             register, sequence_logps)
-
-# ---------------------------------------------------------------------------------------
-# Per-token -> per-pair reductions shared by the family (and by SimPO).
-
-
-def masked_float32(logps: Array, mask: Array) -> tuple[Array, Array]:
-  """Casts per-token log-probs and mask to float32 and zeroes log-probs under mask 0.
-
-  Zeroing with `where` (not only multiplying by the mask) keeps whatever sits under the
-  mask, even inf or NaN, out of both the value and the gradient.
-  """
-  mask = mask.astype(jnp.float32)
-  logps = jnp.where(mask > 0, logps.astype(jnp.float32), 0.0)
-  return logps, mask
-
-
-def policy_sequence_logps(inputs: LossInputs, average: bool = False) -> tuple[Array, Array]:
-  """[B] policy log-probs of chosen and rejected, summed (or averaged) over completion tokens."""
-  reduce = _mean_reduce if average else _sum_reduce
-  return (reduce(inputs.policy_chosen_logps, inputs.chosen_mask),
-          reduce(inputs.policy_rejected_logps, inputs.rejected_mask))
-
-
-def log_ratios(inputs: LossInputs) -> tuple[Array, Array]:
-  """[B] log-ratios ℓ_w, ℓ_l = log πθ(y) − log π_ref(y), summed over completion tokens."""
-  if inputs.ref_chosen_logps is None or inputs.ref_rejected_logps is None:
-    raise ValueError(
-        "this loss needs the reference log-probs (ref_chosen_logps, ref_rejected_logps) but "
-        "LossInputs has None; the algorithm's Requirements(reference=True) was not honoured")
-  chosen = (_sum_reduce(inputs.policy_chosen_logps, inputs.chosen_mask)
-            - _sum_reduce(inputs.ref_chosen_logps, inputs.chosen_mask))
-  rejected = (_sum_reduce(inputs.policy_rejected_logps, inputs.rejected_mask)
-              - _sum_reduce(inputs.ref_rejected_logps, inputs.rejected_mask))
-  return chosen, rejected
-
-
-def per_token_log_ratios(inputs: LossInputs) -> tuple[Array, Array]:
-  """[B] ℓ_w/n_w, ℓ_l/n_l: log-ratios divided by the completion lengths (clamped ≥ 1, so an
-  empty completion gives 0 rather than NaN), as TRL's IPO."""
-  chosen, rejected = log_ratios(inputs)
-  return (chosen / completion_lengths(inputs.chosen_mask.astype(jnp.float32)),
-          rejected / completion_lengths(inputs.rejected_mask.astype(jnp.float32)))
-
-
-def _sum_reduce(logps: Array, mask: Array) -> Array:
-  return sequence_logps(*masked_float32(logps, mask))
-
-
-def _mean_reduce(logps: Array, mask: Array) -> Array:
-  logps, mask = masked_float32(logps, mask)
-  return sequence_logps(logps, mask) / completion_lengths(mask)
-
+from algorithms.base import Array, LossInputs, Metrics, OnlineRound, Requirements, register
+from algorithms.common import (add_chosen_nll, batch_mean, log_ratios, per_token_log_ratios,
+                               policy_sequence_logps, preference_metrics)
+from algorithms.validation import check_bool, check_number
 
 # ---------------------------------------------------------------------------------------
 # Per-pair primitives: arrays [B] in, per-pair losses [B] out.
@@ -152,72 +98,11 @@ def hinge_loss(margin: Array, beta: float) -> Array:
 
 
 # ---------------------------------------------------------------------------------------
-# Config validation.
+# Hyperparameters: defaults and checks.
 
-
-def config_value(cfg: Mapping, key: str):
-  """`cfg[key]`, or a ValueError naming `config.loss.<key>` when the key is missing."""
-  try:
-    return cfg[key]
-  except (KeyError, AttributeError) as e:
-    raise ValueError(f"config.loss.{key} is required by loss {_cfg_name(cfg)!r}") from e
-
-
-def optional_value(cfg: Mapping, key: str, default=0.0):
-  """`cfg[key]`, or `default` when the config has no such key (an optional knob)."""
-  try:
-    return cfg[key]
-  except (KeyError, AttributeError):
-    return default
-
-
-def _cfg_name(cfg: Mapping) -> str:
-  try:
-    return cfg["name"]
-  except (KeyError, AttributeError):
-    return "?"
-
-
-def check_number(cfg: Mapping, key: str, *, low: float | None = None, high: float | None = None,
-                 low_inclusive: bool = True, high_inclusive: bool = True) -> float:
-  """Checks that `config.loss.<key>` is a finite real number in the given interval."""
-  value = config_value(cfg, key)
-  if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-      or not math.isfinite(float(value))):
-    raise ValueError(f"config.loss.{key} must be a finite number, got {value!r}")
-  value = float(value)
-  too_low = low is not None and (value < low if low_inclusive else value <= low)
-  too_high = high is not None and (value > high if high_inclusive else value >= high)
-  if too_low or too_high:
-    left = "" if low is None else ("[" if low_inclusive else "(") + f"{low}"
-    right = "" if high is None else f"{high}" + ("]" if high_inclusive else ")")
-    if low is not None and high is not None:
-      want = f"in {left}, {right}"
-    elif low is not None:
-      want = (">= " if low_inclusive else "> ") + f"{low}"
-    else:
-      want = ("<= " if high_inclusive else "< ") + f"{high}"
-    raise ValueError(
-        f"config.loss.{key} must be {want} for loss {_cfg_name(cfg)!r}, got {value!r}")
-  return value
-
-
-def check_bool(cfg: Mapping, key: str) -> bool:
-  value = config_value(cfg, key)
-  if not isinstance(value, bool):
-    raise ValueError(f"config.loss.{key} must be True or False, got {value!r}")
-  return value
-
-
-def check_unused_zero(cfg: Mapping, key: str) -> None:
-  """Rejects a non-zero knob that this loss would silently ignore (absent counts as zero)."""
-  try:
-    value = cfg[key]
-  except (KeyError, AttributeError):
-    return
-  if value:
-    raise ValueError(
-        f"config.loss.{key}={value!r} has no effect on loss {_cfg_name(cfg)!r}; set it to 0")
+# DPO's β = 0.1 (Rafailov et al. 2023, §6 and TRL's default); ε = 0 (no label smoothing);
+# no NLL term.
+DPO_DEFAULTS = {"beta": 0.1, "label_smoothing": 0.0, "sft_weight": 0.0}
 
 
 def _validate_beta(cfg: Mapping) -> None:
@@ -234,20 +119,16 @@ def _validate_cdpo(cfg: Mapping) -> None:
   _validate_beta(cfg)
   check_number(cfg, "label_smoothing", low=0.0, high=0.5, low_inclusive=False,
                high_inclusive=False)
-  check_unused_zero(cfg, "sft_weight")
+
+
+def _validate_robust_dpo(cfg: Mapping) -> None:
+  _validate_beta(cfg)
+  check_number(cfg, "label_smoothing", low=0.0, high=0.5, high_inclusive=False)
 
 
 def _validate_ipo(cfg: Mapping) -> None:
   _validate_beta(cfg)
   check_bool(cfg, "ipo_average_logps")
-  check_unused_zero(cfg, "label_smoothing")
-  check_unused_zero(cfg, "sft_weight")
-
-
-def _validate_hinge(cfg: Mapping) -> None:
-  _validate_beta(cfg)
-  check_unused_zero(cfg, "label_smoothing")
-  check_unused_zero(cfg, "sft_weight")
 
 
 # ---------------------------------------------------------------------------------------
@@ -270,7 +151,8 @@ def _reference_loss(inputs: LossInputs, beta: float,
   return loss, metrics
 
 
-@register("dpo", requirements=Requirements(reference=True), validate=_validate_dpo)
+@register("dpo", requirements=Requirements(reference=True), defaults=DPO_DEFAULTS,
+          validate=_validate_dpo)
 def dpo(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   """DPO (Rafailov et al. 2023, Eq. 7): mean_b −log σ(β h_b); cDPO when label_smoothing > 0;
   RPO (Pang et al. 2024) when sft_weight > 0 (`add_chosen_nll`).
@@ -279,7 +161,7 @@ def dpo(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   """
   loss, metrics = _reference_loss(
       inputs, cfg.beta, lambda h: sigmoid_loss(h, cfg.beta, cfg.label_smoothing))
-  return add_chosen_nll(loss, metrics, inputs, optional_value(cfg, "sft_weight"))
+  return add_chosen_nll(loss, metrics, inputs, cfg.get("sft_weight", 0.0))
 
 
 # Online DPO, the baseline every online table compares against: DPO's loss on best / worst
@@ -287,10 +169,12 @@ def dpo(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
 # π_0 (Guo et al. 2024, "Direct Language Model Alignment from Online AI Feedback", arXiv
 # 2402.04792, keep the SFT model as reference). DNO differs only in moving the anchor.
 register("online_dpo", requirements=Requirements(reference=True, online=OnlineRound("best_worst")),
-         validate=_validate_dpo)(dpo)
+         defaults=DPO_DEFAULTS, validate=_validate_dpo)(dpo)
 
 
-@register("cdpo", requirements=Requirements(reference=True), validate=_validate_cdpo)
+# cDPO needs ε > 0; 0.1 is this codebase's choice [unverified: the cDPO note states none].
+@register("cdpo", requirements=Requirements(reference=True),
+          defaults={"beta": 0.1, "label_smoothing": 0.1}, validate=_validate_cdpo)
 def cdpo(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   """Conservative DPO (Mitchell 2023): mean_b [−(1−ε) log σ(β h_b) − ε log σ(−β h_b)].
 
@@ -300,14 +184,16 @@ def cdpo(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   return dpo(inputs, cfg)
 
 
-@register("robust_dpo", requirements=Requirements(reference=True), validate=_validate_dpo)
+@register("robust_dpo", requirements=Requirements(reference=True),
+          defaults={"beta": 0.1, "label_smoothing": 0.0}, validate=_validate_robust_dpo)
 def robust_dpo(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   """Robust DPO (Chowdhury et al. 2024): see `robust_loss`; ε = label_smoothing ∈ [0, 0.5)."""
   return _reference_loss(
       inputs, cfg.beta, lambda h: robust_loss(h, cfg.beta, cfg.label_smoothing))
 
 
-@register("ipo", requirements=Requirements(reference=True), validate=_validate_ipo)
+@register("ipo", requirements=Requirements(reference=True),
+          defaults={"beta": 0.1, "ipo_average_logps": True}, validate=_validate_ipo)
 def ipo(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   """IPO (Azar et al. 2023, Eq. 17): mean_b (h_b − 1/(2β))².
 
@@ -320,7 +206,8 @@ def ipo(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
                          average=cfg.ipo_average_logps)
 
 
-@register("hinge", requirements=Requirements(reference=True), validate=_validate_hinge)
+@register("hinge", requirements=Requirements(reference=True), defaults={"beta": 0.1},
+          validate=_validate_beta)
 def hinge(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   """SLiC-style hinge with the reference (TRL `hinge`): mean_b max(0, 1 − β h_b)."""
   return _reference_loss(inputs, cfg.beta, lambda h: hinge_loss(h, cfg.beta))

@@ -43,10 +43,9 @@ from typing import Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from algorithms.base import (Array, LossInputs, Metrics, OnlineRound, Requirements, batch_mean,
-                             preference_metrics, register, sequence_logps)
-from algorithms.dpo import (check_number, check_unused_zero, config_value, masked_float32,
-                            policy_sequence_logps)
+from algorithms.base import Array, LossInputs, Metrics, OnlineRound, Requirements, register
+from algorithms.common import batch_mean, log_ratios, policy_sequence_logps, preference_metrics
+from algorithms.validation import check_choice, check_number
 
 GPO_LOSS_TYPES = ("sppo_score", "sppo")
 
@@ -101,7 +100,7 @@ def gpo_targets(score_table: Array, tau: float) -> GPOTargets:
 
 def pair_targets(targets: GPOTargets, loss_type: str) -> tuple[Array, Array]:
   """([...], [...]) the chosen and rejected response's target for `gpo_loss_type`: Ŝ for
-  "sppo_score", P̂ for "sppo" (what LossInputs.chosen_scores / rejected_scores carry)."""
+  "sppo_score", P̂ for "sppo" (the "chosen_score" / "rejected_score" targets)."""
   if loss_type not in GPO_LOSS_TYPES:
     raise ValueError(f"gpo_loss_type={loss_type!r} not in {GPO_LOSS_TYPES}")
   per_response = targets.score_targets if loss_type == "sppo_score" else targets.prob_targets
@@ -132,34 +131,15 @@ def squared_loss(chosen_log_ratio: Array, rejected_log_ratio: Array, chosen_targ
 def _validate_gpo(cfg: Mapping) -> None:
   check_number(cfg, "beta", low=0.0, low_inclusive=False)
   check_number(cfg, "gpo_target_clamp", low=0.0, low_inclusive=False)
-  loss_type = config_value(cfg, "gpo_loss_type")
-  if loss_type not in GPO_LOSS_TYPES:
-    raise ValueError(f"config.loss.gpo_loss_type must be one of {GPO_LOSS_TYPES}, got "
-                     f"{loss_type!r}")
-  check_unused_zero(cfg, "label_smoothing")
-  check_unused_zero(cfg, "sft_weight")
-
-
-def _previous_log_ratios(inputs: LossInputs) -> tuple[Array, Array, Array, Array]:
-  """[B] ℓ = log πθ(y) − log π_t(y) for chosen and rejected (sums), and the policy sums."""
-  if inputs.prev_chosen_logps is None or inputs.prev_rejected_logps is None:
-    raise ValueError(
-        "loss 'gpo' needs the previous-iterate log-probs (prev_chosen_logps, "
-        "prev_rejected_logps) but LossInputs has None; Requirements(previous_policy=True) "
-        "was not honoured")
-  if inputs.chosen_scores is None or inputs.rejected_scores is None:
-    raise ValueError("loss 'gpo' needs chosen_scores and rejected_scores (the round's Ŝ or P̂ "
-                     "targets from algorithms.gpo.gpo_targets) but LossInputs has None")
-  policy_chosen, policy_rejected = policy_sequence_logps(inputs)
-  prev_chosen = sequence_logps(*masked_float32(inputs.prev_chosen_logps, inputs.chosen_mask))
-  prev_rejected = sequence_logps(
-      *masked_float32(inputs.prev_rejected_logps, inputs.rejected_mask))
-  return (policy_chosen - prev_chosen, policy_rejected - prev_rejected, policy_chosen,
-          policy_rejected)
+  check_choice(cfg, "gpo_loss_type", GPO_LOSS_TYPES)
 
 
 @register("gpo", requirements=Requirements(reference=False, previous_policy=True,
-                                            online=OnlineRound("gpo_targets")),
+                                            online=OnlineRound("gpo_targets"),
+                                            targets=("chosen_score", "rejected_score")),
+          # The GPO scripts' CLAMP_THRES = 1000 and Ŝ targets; β [unverified] (the SPPO
+          # scripts use 0.001, configs/reproduce/gpo.py).
+          defaults={"beta": 0.1, "gpo_loss_type": "sppo_score", "gpo_target_clamp": 1000.0},
           validate=_validate_gpo)
 def gpo(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   """GPO / SPPO squared regression against the previous iterate π_t:
@@ -169,15 +149,16 @@ def gpo(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
       t = (P̂ − ½)/β            gpo_loss_type "sppo"       (SPPO, Wu et al. 2024; equation
                                                           number not verified)
 
-  with t clamped to ±gpo_target_clamp. Targets come from `inputs.chosen_scores` /
-  `rejected_scores` (Ŝ or P̂ as the loss type says; see `gpo_targets`). Rewards are logged
+  with t clamped to ±gpo_target_clamp. Targets come from the "chosen_score" /
+  "rejected_score" targets (Ŝ or P̂ as the loss type says; see `gpo_targets`). Rewards are logged
   as β·ℓ (TRL / SPPO trainer), plus `gpo/target_{chosen,rejected}` (mean t) and
   `gpo/clamped_fraction`.
   """
   beta, clamp = cfg.beta, cfg.gpo_target_clamp
-  chosen, rejected, policy_chosen, policy_rejected = _previous_log_ratios(inputs)
-  raw_w = jnp.asarray(inputs.chosen_scores, jnp.float32)
-  raw_l = jnp.asarray(inputs.rejected_scores, jnp.float32)
+  raw_w = inputs.target("chosen_score", "gpo").astype(jnp.float32)  # [B]
+  raw_l = inputs.target("rejected_score", "gpo").astype(jnp.float32)
+  chosen, rejected = log_ratios(inputs, "prev")  # ℓ against π_t
+  policy_chosen, policy_rejected = policy_sequence_logps(inputs)
   t_w, t_l = regression_targets(raw_w, raw_l, beta, cfg.gpo_loss_type, clamp)
   loss = batch_mean(squared_loss(chosen, rejected, t_w, t_l), inputs)
   metrics = preference_metrics(inputs, beta * chosen, beta * rejected, policy_chosen,

@@ -46,10 +46,11 @@ from typing import Mapping, Optional
 import jax
 import jax.numpy as jnp
 
-from algorithms.base import (Array, LossInputs, Metrics, Requirements, batch_mean,
-                             preference_metrics, register, sequence_logps)
-from algorithms.dpo import (check_number, check_unused_zero, config_value, log_ratios,
-                            masked_float32, policy_sequence_logps, sigmoid_loss)
+from algorithms.base import Array, LossInputs, Metrics, Requirements, register
+from algorithms.common import (batch_mean, log_ratios, masked_float32, policy_sequence_logps,
+                               preference_metrics, sequence_logps)
+from algorithms.dpo import sigmoid_loss
+from algorithms.validation import check_choice, check_number
 
 PRM_OBJECTIVES = ("ce", "dpo")
 
@@ -181,31 +182,24 @@ def outcome_ce_loss(rewards: Array, labels: Array) -> Array:
 
 def _validate_implicit_prm(cfg: Mapping) -> None:
   check_number(cfg, "beta", low=0.0, low_inclusive=False)
-  objective = config_value(cfg, "prm_objective")
-  if objective not in PRM_OBJECTIVES:
-    raise ValueError(
-        f"config.loss.prm_objective must be one of {PRM_OBJECTIVES}, got {objective!r}")
-  check_unused_zero(cfg, "label_smoothing")
-  check_unused_zero(cfg, "sft_weight")
+  check_choice(cfg, "prm_objective", PRM_OBJECTIVES)
 
 
 def _labelled_responses(inputs: LossInputs) -> list[tuple[Array, Array, Array, Array]]:
   """(policy, ref, mask, labels) of each filled response slot: chosen, and rejected when
   its log-probs and labels are both present."""
-  if inputs.chosen_labels is None:
-    raise ValueError(
-        "implicit_prm with prm_objective='ce' needs LossInputs.chosen_labels (outcome labels "
-        "in {0, 1}) but it is None; Requirements(outcome_labels=True) was not honoured")
+  chosen_labels = inputs.target("chosen_label", "implicit_prm")  # [B] in {0, 1}
+  rejected_labels = inputs.targets.get("rejected_label")
   if inputs.ref_chosen_logps is None:
     raise ValueError("implicit_prm needs the reference log-probs but ref_chosen_logps is None")
   slots = [(inputs.policy_chosen_logps, inputs.ref_chosen_logps, inputs.chosen_mask,
-            inputs.chosen_labels)]
-  if inputs.policy_rejected_logps is not None and inputs.rejected_labels is not None:
+            chosen_labels)]
+  if inputs.policy_rejected_logps is not None and rejected_labels is not None:
     if inputs.ref_rejected_logps is None or inputs.rejected_mask is None:
       raise ValueError("implicit_prm: rejected responses with labels need ref_rejected_logps "
                        "and rejected_mask")
     slots.append((inputs.policy_rejected_logps, inputs.ref_rejected_logps,
-                  inputs.rejected_mask, inputs.rejected_labels))
+                  inputs.rejected_mask, rejected_labels))
   return slots
 
 
@@ -232,7 +226,7 @@ def _ce_objective(inputs: LossInputs, beta: float) -> tuple[Array, Metrics]:
     # σ(r) > 0.5 ⇔ r > 0: the PRM predicts "correct".
     hits = hits + ((r > 0.0) == (labels > 0.5)).astype(jnp.float32)
     reward_sum = reward_sum + r
-    logp_sum = logp_sum + sg(sequence_logps(*masked_float32(policy, mask)))
+    logp_sum = logp_sum + sg(sequence_logps(policy, mask))
     correct_sum, correct_count = correct_sum + labels * r, correct_count + labels
     wrong_sum, wrong_count = wrong_sum + (1.0 - labels) * r, wrong_count + (1.0 - labels)
   n = float(len(slots))
@@ -260,14 +254,16 @@ def _dpo_objective(inputs: LossInputs, beta: float) -> tuple[Array, Metrics]:
   return loss, metrics
 
 
-@register("implicit_prm", requirements=Requirements(reference=True, outcome_labels=True,
-                                                    unpaired="all"),
-          validate=_validate_implicit_prm)
+# The CE objective; β = 0.1 here, the paper trains with 0.05 (configs/implicit_prm.py).
+@register("implicit_prm",
+          requirements=Requirements(reference=True, targets=("chosen_label", "rejected_label"),
+                                    unpaired="all"),
+          defaults={"beta": 0.1, "prm_objective": "ce"}, validate=_validate_implicit_prm)
 def implicit_prm(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   """Implicit PRM training loss (Yuan et al. 2024 §3: the CE and DPO instantiations).
 
-  prm_objective="ce": responses in the chosen_* slots with `chosen_labels` [B] ∈ {0, 1};
-    when the rejected_* slots and `rejected_labels` are filled they are more unpaired
+  prm_objective="ce": responses in the chosen_* slots with the "chosen_label" target [B] ∈
+    {0, 1}; when the rejected_* slots and the "rejected_label" target are filled they are more unpaired
     responses. Loss = pair-weighted mean over all responses of `outcome_ce_loss(βℓ, l)`.
     Metrics: `prm/accuracy` (σ(βℓ) > 0.5 against the labels), `rewards/mean`,
     `rewards/correct`, `rewards/wrong` (mean βℓ over label-1 / label-0 responses),

@@ -44,13 +44,11 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-from algorithms.base import (Array, LossInputs, Metrics, OnlineRound, Requirements,
-                             add_chosen_nll, batch_mean, preference_metrics, register,
-                             sequence_logps)
-from algorithms.dno import frozen_sequence_logps, previous_sequence_logps
-from algorithms.dpo import (check_number, check_unused_zero, ipo_loss, masked_float32,
-                            optional_value,
-                            policy_sequence_logps)
+from algorithms.base import Array, LossInputs, Metrics, OnlineRound, Requirements, register
+from algorithms.common import (add_chosen_nll, batch_mean, frozen_sequence_logps,
+                               policy_sequence_logps, preference_metrics)
+from algorithms.dpo import ipo_loss
+from algorithms.validation import check_number
 
 
 def inpo_loss(policy_margin: Array, ref_margin: Array, prev_margin: Array, eta: float,
@@ -80,13 +78,14 @@ def inpo_h(policy: Array, ref: Array, prev: Array, ratio: float) -> Array:
 def _validate_inpo(cfg: Mapping) -> None:
   check_number(cfg, "inpo_eta", low=0.0, low_inclusive=False)
   check_number(cfg, "inpo_ratio", low=0.0, high=1.0, high_inclusive=False)
-  check_unused_zero(cfg, "label_smoothing")
   check_number(cfg, "sft_weight", low=0.0)
 
 
+# η = 0.0075 and τ/η = 1/3: the INPOConfig / MNPOConfig defaults (research notes §4).
 @register("inpo",
           requirements=Requirements(reference=True, previous_policy=True,
                                     online=OnlineRound("best_worst")),
+          defaults={"inpo_eta": 0.0075, "inpo_ratio": 1.0 / 3.0, "sft_weight": 0.0},
           validate=_validate_inpo)
 def inpo(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   """INPO (Zhang et al. 2025, Eq. 8): pair-weighted mean of `inpo_loss` on summed log-probs.
@@ -99,7 +98,7 @@ def inpo(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   eta, ratio = cfg.inpo_eta, cfg.inpo_ratio
   chosen, rejected = policy_sequence_logps(inputs)  # [B] each
   ref_chosen, ref_rejected = frozen_sequence_logps(inputs, "ref")
-  prev_chosen, prev_rejected = previous_sequence_logps(inputs)
+  prev_chosen, prev_rejected = frozen_sequence_logps(inputs, "prev")
   # h from per-response pieces (each a difference of nearby log-probs, like IPO's ℓ_w, ℓ_l):
   # the same value as inpo_loss on margins, and bit-identical to IPO when π_t = π_ref.
   h_chosen = inpo_h(chosen, ref_chosen, prev_chosen, ratio)  # [B]
@@ -108,4 +107,4 @@ def inpo(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   loss = batch_mean(ipo_loss(h, eta), inputs)  # (h − 1/(2η))², see inpo_loss
   metrics = preference_metrics(inputs, eta * h_chosen, eta * h_rejected, chosen, rejected)
   metrics["inpo/h"] = batch_mean(jax.lax.stop_gradient(h), inputs)
-  return add_chosen_nll(loss, metrics, inputs, optional_value(cfg, "sft_weight"))
+  return add_chosen_nll(loss, metrics, inputs, cfg.sft_weight)

@@ -45,10 +45,11 @@ from typing import Mapping
 
 import jax.numpy as jnp
 
-from algorithms.base import (Array, LossInputs, Metrics, Requirements, batch_mean,
-                             preference_metrics, register, sequence_logps)
-from algorithms.dpo import (check_bool, check_number, check_unused_zero, masked_float32,
-                            sigmoid_loss)
+from algorithms.base import Array, LossInputs, Metrics, Requirements, register
+from algorithms.common import (batch_mean, frozen_sequence_logps, masked_float32,
+                               preference_metrics, sequence_logps)
+from algorithms.dpo import sigmoid_loss
+from algorithms.validation import check_bool, check_number
 
 
 def _completion_positions(mask: Array) -> Array:
@@ -92,8 +93,7 @@ def ld_sequence_logps(logps_w: Array, mask_w: Array, logps_l: Array, mask_l: Arr
   """
   if isinstance(alpha, (int, float)) and alpha == 1.0:
     # Plain sums, bit for bit the reduction DPO uses (no tail split to round differently).
-    return (sequence_logps(*masked_float32(logps_w, mask_w)),
-            sequence_logps(*masked_float32(logps_l, mask_l)))
+    return sequence_logps(logps_w, mask_w), sequence_logps(logps_l, mask_l)
   l_p = public_lengths(mask_w, mask_l)  # [B]
   return (_ld_reduce(logps_w, mask_w, l_p, alpha), _ld_reduce(logps_l, mask_l, l_p, alpha))
 
@@ -105,23 +105,20 @@ def _validate_ld_dpo(cfg: Mapping) -> None:
   check_number(cfg, "beta", low=0.0, low_inclusive=False)
   check_number(cfg, "ld_alpha", low=0.0, high=1.0)
   check_bool(cfg, "ld_apply_to_ref")
-  check_unused_zero(cfg, "label_smoothing")
-  check_unused_zero(cfg, "sft_weight")
 
 
 def _reference_logps(inputs: LossInputs, alpha: float, apply_to_ref: bool):
-  if inputs.ref_chosen_logps is None or inputs.ref_rejected_logps is None:
-    raise ValueError(
-        "ld_dpo needs the reference log-probs (ref_chosen_logps, ref_rejected_logps) but "
-        "LossInputs has None; the algorithm's Requirements(reference=True) was not honoured")
-  if apply_to_ref:
-    return ld_sequence_logps(inputs.ref_chosen_logps, inputs.chosen_mask,
-                             inputs.ref_rejected_logps, inputs.rejected_mask, alpha)
-  return (sequence_logps(*masked_float32(inputs.ref_chosen_logps, inputs.chosen_mask)),
-          sequence_logps(*masked_float32(inputs.ref_rejected_logps, inputs.rejected_mask)))
+  plain = frozen_sequence_logps(inputs, "ref")  # also checks the reference is there
+  if not apply_to_ref:
+    return plain
+  return ld_sequence_logps(inputs.ref_chosen_logps, inputs.chosen_mask,
+                           inputs.ref_rejected_logps, inputs.rejected_mask, alpha)
 
 
-@register("ld_dpo", requirements=Requirements(reference=True), validate=_validate_ld_dpo)
+# α = 0.5, the paper's suggested default; the reference split as TRL HEAD does.
+@register("ld_dpo", requirements=Requirements(reference=True),
+          defaults={"beta": 0.1, "ld_alpha": 0.5, "ld_apply_to_ref": True},
+          validate=_validate_ld_dpo)
 def ld_dpo(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   """LD-DPO (Liu et al. 2024): mean_b −log σ(β h̃_b), h̃ on length-desensitised log-probs.
 

@@ -33,8 +33,9 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-from algorithms.base import Array, LossInputs, Metrics, Requirements, batch_mean, register
-from algorithms.dpo import check_number, check_unused_zero
+from algorithms.base import Array, LossInputs, Metrics, Requirements, register
+from algorithms.common import batch_mean
+from algorithms.validation import check_number
 
 # ---------------------------------------------------------------------------------------
 # The skew-symmetric score.
@@ -108,9 +109,11 @@ def preference_nll(scores: Array, tau: float, margin: float = 0.0) -> Array:
 def _validate_preference(cfg: Mapping) -> None:
   check_number(cfg, "preference_tau", low=0.0, low_inclusive=False)
   check_number(cfg, "preference_margin", low=0.0)
-  # DPO-family knobs that a reward-model loss would silently ignore.
-  check_unused_zero(cfg, "label_smoothing")
-  check_unused_zero(cfg, "sft_weight")
+
+
+# τ = 0.1, no margin: the GPM repository's defaults [unverified for BT, whose classic form is
+# τ = 1 (configs/bt_reward.py)].
+PREFERENCE_DEFAULTS = {"preference_tau": 0.1, "preference_margin": 0.0}
 
 
 def _head_values(inputs: LossInputs, loss_name: str) -> tuple[Array, Array]:
@@ -136,7 +139,7 @@ def _pairwise_metrics(inputs: LossInputs, scores: Array, loss: Array, tau: float
 
 
 @register("gpm", requirements=Requirements(reference=False, head="gpm"),
-          validate=_validate_preference)
+          defaults=PREFERENCE_DEFAULTS, validate=_validate_preference)
 def gpm(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   """GPM training loss (Zhang et al. 2025, arXiv 2410.02197, the preference-embedding
   log-likelihood, equation number not verified; official `HighDimGeneralPreferenceLoss`):
@@ -152,7 +155,7 @@ def gpm(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
 
 
 @register("bt_reward", requirements=Requirements(reference=False, head="bt_reward"),
-          validate=_validate_preference)
+          defaults=PREFERENCE_DEFAULTS, validate=_validate_preference)
 def bt_reward(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   """Bradley-Terry reward model (Bradley & Terry 1952; the InstructGPT reward-model loss,
   Ouyang et al. 2022, Eq. 1), with the temperature τ and margin m of the GPM repository's

@@ -65,9 +65,9 @@ import jax
 import jax.numpy as jnp
 
 from algorithms import implicit_prm
-from algorithms.base import (Array, LossInputs, Metrics, OnlineRound, Requirements, batch_mean,
-                             register)
-from algorithms.dpo import check_number, check_unused_zero, config_value, masked_float32
+from algorithms.base import Array, LossInputs, Metrics, OnlineRound, Requirements, register
+from algorithms.common import batch_mean, masked_float32
+from algorithms.validation import check_choice, check_number
 
 RLOO_FORMS = ("code", "paper")
 _TINY = jnp.finfo(jnp.float32).tiny
@@ -276,22 +276,22 @@ def ppo_clip_loss(logps: Array, old_logps: Array, advantages: Array, mask: Array
 def _validate_prime(cfg: Mapping) -> None:
   check_number(cfg, "ppo_clip", low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
   check_number(cfg, "prm_beta", low=0.0, low_inclusive=False)
-  form = config_value(cfg, "prime_rloo_form")
-  if form not in RLOO_FORMS:
-    raise ValueError(f"config.loss.prime_rloo_form must be one of {RLOO_FORMS}, got {form!r}")
-  check_unused_zero(cfg, "label_smoothing")
-  check_unused_zero(cfg, "sft_weight")
+  check_choice(cfg, "prime_rloo_form", RLOO_FORMS)
 
 
+# ε = 0.2 (PPO's clip) and the PRM's β = 0.05, the official recipe; the RLOO baseline of the
+# official code (research notes §8).
 @register("prime", requirements=Requirements(reference=False, previous_policy=True,
                                              online=OnlineRound("groups", prm=True),
-                                             outcome_labels=True),
+                                             targets=("chosen_advantages", "chosen_label")),
+          defaults={"ppo_clip": 0.2, "prm_beta": 0.05, "prime_rloo_form": "code"},
           validate=_validate_prime)
 def prime(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   """PRIME's policy update (Cui et al. 2025, §3): `ppo_clip_loss` with ε = ppo_clip.
 
   Responses sit in the chosen_* slots (rejected_* are None and ignored); old log-probs are
-  `prev_chosen_logps` and `advantages` [B, T] come from `prime_advantages`, computed before
+  `prev_chosen_logps` and the "chosen_advantages" target [B, T] comes from
+  `prime_advantages`, computed before
   the step from the PRM's forward pass on the same responses. The PRM itself is trained by
   `prm_update_loss` (= `implicit_prm`, prm_objective="ce", beta=prm_beta). Filler pairs drop
   out through `pair_weights`. Also logs `logps/mean` and `advantages/mean`.
@@ -299,15 +299,13 @@ def prime(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   if inputs.prev_chosen_logps is None:
     raise ValueError("prime needs the old policy's log-probs (prev_chosen_logps) but it is "
                      "None; Requirements(previous_policy=True) was not honoured")
-  if inputs.advantages is None:
-    raise ValueError("prime needs LossInputs.advantages ([B, T], from prime_advantages) but "
-                     "it is None")
+  advantages = inputs.target("chosen_advantages", "prime")  # [B, T]
   loss, metrics = ppo_clip_loss(inputs.policy_chosen_logps, inputs.prev_chosen_logps,
-                                inputs.advantages, inputs.chosen_mask, cfg.ppo_clip,
+                                advantages, inputs.chosen_mask, cfg.ppo_clip,
                                 inputs.pair_weights, inputs.chosen_token_count)
   logps, maskf = masked_float32(jax.lax.stop_gradient(inputs.policy_chosen_logps),
                                 inputs.chosen_mask)
-  adv, _ = masked_float32(jax.lax.stop_gradient(inputs.advantages), maskf)
+  adv, _ = masked_float32(jax.lax.stop_gradient(advantages), maskf)
   # Token mean of the advantages as a ratio of two pair-weighted batch means.
   tokens = batch_mean(jnp.sum(maskf, axis=-1), inputs)
   metrics["logps/mean"] = batch_mean(jnp.sum(logps, axis=-1), inputs)

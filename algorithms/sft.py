@@ -15,7 +15,7 @@ from typing import Mapping
 import jax
 
 from algorithms.base import Array, LossInputs, Metrics, Requirements, register
-from algorithms.base import chosen_nll
+from algorithms.common import chosen_nll
 
 
 @register("sft", requirements=Requirements(reference=False, unpaired="desirable"))

@@ -51,10 +51,11 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-from algorithms.base import (Array, LossInputs, Metrics, Requirements, batch_mean,
-                             preference_metrics, register)
-from algorithms.dpo import (check_number, check_unused_zero, config_value, log_ratios,
-                            masked_float32, policy_sequence_logps, sigmoid_loss)
+from algorithms.base import Array, LossInputs, Metrics, Requirements, register
+from algorithms.common import (batch_mean, log_ratios, masked_float32, policy_sequence_logps,
+                               preference_metrics)
+from algorithms.dpo import sigmoid_loss
+from algorithms.validation import check_choice, check_number
 from algorithms.simpo import simpo_loss
 
 BASES = ("dpo", "simpo")
@@ -104,40 +105,36 @@ def _base_loss_and_logit(inputs: LossInputs, cfg: Mapping):
 def _validate_t_reg(cfg: Mapping) -> None:
   check_number(cfg, "beta", low=0.0, low_inclusive=False)
   check_number(cfg, "t_reg_alpha", low=0.0)
-  base = config_value(cfg, "t_reg_base")
-  if base not in BASES:
-    raise ValueError(f"config.loss.t_reg_base must be one of {BASES}, got {base!r}")
-  if base == "simpo":
-    check_number(cfg, "simpo_gamma_beta_ratio", low=0.0)
-  check_unused_zero(cfg, "label_smoothing")
-  check_unused_zero(cfg, "sft_weight")
+  check_choice(cfg, "t_reg_base", BASES)
+  check_number(cfg, "simpo_gamma_beta_ratio", low=0.0)  # read with the SimPO base
 
 
-@register("t_reg", requirements=Requirements(reference=True, token_rewards=True),
+# α = 0.25 [unverified: the paper's value per base model; configs/reproduce/t_reg.py].
+@register("t_reg",
+          requirements=Requirements(reference=True,
+                                    targets=("chosen_token_rewards", "rejected_token_rewards")),
+          defaults={"beta": 0.1, "t_reg_alpha": 0.25, "t_reg_base": "dpo",
+                    "simpo_gamma_beta_ratio": 0.5},
           validate=_validate_t_reg)
 def t_reg(inputs: LossInputs, cfg: Mapping) -> tuple[Array, Metrics]:
   """T-REG (Zhou et al. 2025): mean_b [L_base + α · sg(σ(−z)) · (L_REG(y_w) + L_REG(y_l))].
 
-  Token rewards come from `inputs.chosen_token_rewards` / `rejected_token_rewards` [B, T]
+  Token rewards come from the "chosen_token_rewards" / "rejected_token_rewards" targets [B, T]
   (e.g. `contrastive_token_rewards` of the evaluator's log-probs). Metrics: the base loss's
   TRL metrics (DPO base: rewards β·ℓ and summed `logps/*`; SimPO base: rewards β·mean log π
   and mean `logps/*`, as `algorithms.simpo`), plus `t_reg/weight` (mean w),
   `t_reg/reg_chosen`, `t_reg/reg_rejected` (mean L_REG) and `t_reg/base_loss`.
   """
-  if inputs.chosen_token_rewards is None or inputs.rejected_token_rewards is None:
-    raise ValueError(
-        "t_reg needs token rewards (chosen_token_rewards, rejected_token_rewards) but "
-        "LossInputs has None; the algorithm's Requirements(token_rewards=True) was not "
-        "honoured")
+  chosen_rewards = inputs.target("chosen_token_rewards", "t_reg")  # [B, T]
+  rejected_rewards = inputs.target("rejected_token_rewards", "t_reg")
   beta = cfg.beta
   base, logit, chosen_reward, rejected_reward = _base_loss_and_logit(inputs, cfg)  # [B] each
   # The weight of the base loss's gradient, σ(r(y_l) − r(y_w)); a constant, not a target.
   weight = jax.lax.stop_gradient(jax.nn.sigmoid(-logit))
-  reg_chosen = token_reward_regularizer(inputs.policy_chosen_logps,
-                                        inputs.chosen_token_rewards, inputs.chosen_mask, beta)
-  reg_rejected = token_reward_regularizer(inputs.policy_rejected_logps,
-                                          inputs.rejected_token_rewards, inputs.rejected_mask,
-                                          beta)
+  reg_chosen = token_reward_regularizer(inputs.policy_chosen_logps, chosen_rewards,
+                                        inputs.chosen_mask, beta)
+  reg_rejected = token_reward_regularizer(inputs.policy_rejected_logps, rejected_rewards,
+                                          inputs.rejected_mask, beta)
   per_pair = base + cfg.t_reg_alpha * weight * (reg_chosen + reg_rejected)
   loss = batch_mean(per_pair, inputs)
   average = cfg.t_reg_base == "simpo"

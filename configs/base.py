@@ -9,6 +9,8 @@ Any field can be overridden from the command line:
 
 import ml_collections
 
+import algorithms
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -18,38 +20,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 32  # global, in preference pairs
   config.grad_accum_steps = 1  # the step splits the batch into this many micro-batches
 
-  config.loss = ml_collections.ConfigDict()
-  config.loss.name = "dpo"  # a registry name, see algorithms.registered_names()
-  config.loss.beta = 0.1
-  config.loss.label_smoothing = 0.0  # cdpo / robust_dpo epsilon
-  config.loss.ipo_average_logps = True  # TRL's per-token-averaged IPO; False: summed (paper)
-  config.loss.simpo_gamma_beta_ratio = 0.5
-  config.loss.sft_weight = 0.0
-  # LD-DPO (Liu et al. 2024): weight of the tokens past the shorter response's length;
-  # 1 is DPO. Whether the reference log-probs get the same split (TRL >= 0.29: yes).
-  config.loss.ld_alpha = 0.5
-  config.loss.ld_apply_to_ref = True
-  # INPO (Zhang et al. 2025): η (inverse mirror-descent step; target 1/(2η)) and τ/η.
-  config.loss.inpo_eta = 0.0075
-  config.loss.inpo_ratio = 1.0 / 3.0
-  # GPO / SPPO targets: "sppo_score" (GPM scores, GPO) or "sppo" (win probabilities);
-  # targets are clamped to ±gpo_target_clamp (the GPO scripts' CLAMP_THRES).
-  config.loss.gpo_loss_type = "sppo_score"
-  config.loss.gpo_target_clamp = 1000.0
-  # GPM / BT reward model: P(y ≻ y') = σ(s / preference_tau), optional margin.
-  config.loss.preference_tau = 0.1
-  config.loss.preference_margin = 0.0
-  # T-REG (Zhou et al. 2025): weight α of the token-level regulariser, on top of "dpo" or
-  # "simpo".
-  config.loss.t_reg_alpha = 0.25
-  config.loss.t_reg_base = "dpo"
-  # Implicit PRM (Yuan et al. 2024): the outcome objective, "ce" or "dpo".
-  config.loss.prm_objective = "ce"
-  # PRIME (Cui et al. 2025): PPO clip range, PRM β for its CE update, and the RLOO baseline
-  # of the process rewards: "code" (the official repository) or "paper" (leave-one-out).
-  config.loss.ppo_clip = 0.2
-  config.loss.prm_beta = 0.05
-  config.loss.prime_rloo_form = "code"
+  # The loss and its hyperparameters: `name` and the registered loss's own keys with their
+  # defaults (each loss module's `register(..., defaults=...)`); a key of another loss is
+  # refused. Switch losses with `set_loss(config, name)` or by starting from configs/<name>.py.
+  config.loss = algorithms.loss_config("dpo")
 
   config.model = ml_collections.ConfigDict()
   # A Hugging Face checkpoint directory (config.json + *.safetensors), or "" for random init
@@ -134,6 +108,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.online.num_prompts = 64  # train-split prompts sampled for each rollout
   config.online.num_samples = 4  # K responses per prompt
   config.online.temperature = 1.0
+  # The built-in task's verifier as an oracle: P(y ≻ y') = σ((r − r') / verifier_tau) of its
+  # rule's rewards (training/oracles.py VerifierOracle).
+  config.online.verifier_tau = 0.1
   config.online.max_new_tokens = 24
   # The oracle: "verifier" (the built-in task's rule), "gpm" / "bt_reward" (the workdir of a
   # finished gpm / bt_reward run in scorer_path), or "judge" (a Python callable
@@ -207,14 +184,36 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
+def set_loss(config: ml_collections.ConfigDict, loss_name: str,
+             **hyperparameters) -> ml_collections.ConfigDict:
+  """Makes `config` train `loss_name`: `config.loss` becomes that loss's defaults, then
+  `hyperparameters` (its own keys only)."""
+  config.loss = algorithms.loss_config(loss_name, **hyperparameters)
+  return config
+
+
+def override(config: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
+  """Sets dotted fields (`{"loss.beta": 0.2, "data.pack_rows": 12}`) in place. A "loss.name"
+  of a registered loss switches the loss first (`set_loss`), so the other "loss.*" values set
+  that loss's hyperparameters; any other name is set as given (for the checks to refuse)."""
+  values = dict(values)
+  if values.get("loss.name") in algorithms.registered_names():
+    set_loss(config, values.pop("loss.name"))
+  for key, value in values.items():
+    *parents, leaf = key.split(".")
+    target = config
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
 def algorithm_config(loss_name: str, preset: str, presets: dict,
                      **loss_overrides) -> ml_collections.ConfigDict:
   """The config of `configs/<loss_name>.py:<preset>`: these defaults, the loss, the preset."""
   if preset not in presets:
     raise ValueError(f"unknown preset {preset!r} for configs/{loss_name}.py; choose from "
                      f"{list(presets)}")
-  config = get_config()
+  config = set_loss(get_config(), loss_name, **loss_overrides)
   config.name = f"{loss_name}:{preset}"
-  config.loss.name = loss_name
-  config.loss.update(loss_overrides)
   return presets[preset](config)

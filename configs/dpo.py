@@ -29,7 +29,6 @@ def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                      synthetic_train_size=4096, synthetic_test_size=256)
   config.optimizer.update(learning_rate=1e-3, warmup_steps=10, decay="cosine",
                           end_lr_factor=0.1)
-  config.loss.beta = 0.1
   config.log_every = 10
   config.eval_every = 40
   config.checkpoint_every = 60
@@ -44,7 +43,6 @@ def one_b(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                       dtype="bfloat16", param_dtype="float32")
   config.data.update(max_prompt_len=256, max_completion_len=768, buckets=(256, 512, 1024, 1040))
   config.optimizer.update(learning_rate=5e-7, warmup_steps=100, decay="cosine")
-  config.loss.beta = 0.1
   return config
 
 
@@ -62,7 +60,6 @@ def _bench(config: ml_collections.ConfigDict, prompt_len: int,
   config.total_steps = 1000
   config.batch_size = 8
   config.eval_batch_size = 8
-  config.loss.beta = 0.1
   config.reference.mode = "in_step"
   config.model.tie_word_embeddings = False
   config.data.update(max_prompt_len=prompt_len, max_completion_len=completion_len,

@@ -13,7 +13,8 @@ from configs import base, online
 
 def tiny(config):
   online.tiny_rounds(config)
-  config.loss.update(beta=1.0, gpo_loss_type="sppo_score", preference_tau=1.0)
+  config.loss.update(beta=1.0, gpo_loss_type="sppo_score")
+  config.online.verifier_tau = 1.0
   return config
 
 

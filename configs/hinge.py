@@ -6,13 +6,7 @@ Presets (`--config=configs/hinge.py:PRESET`):
 
 from configs import base, dpo
 
-
-def tiny(config):
-  dpo.tiny(config)
-  return config
-
-
-PRESETS = {"tiny": tiny}
+PRESETS = {"tiny": dpo.tiny}
 
 
 def get_config(preset: str = "tiny"):

@@ -10,11 +10,7 @@ Presets (`--config=configs/ipo.py:PRESET`):
 
 from configs import base, dpo
 
-def tiny(config):
-  return dpo.tiny(config)
-
-
-PRESETS = {"tiny": tiny}
+PRESETS = {"tiny": dpo.tiny}
 
 
 def get_config(preset: str = "tiny"):

@@ -6,15 +6,8 @@ Presets (`--config=configs/robust_dpo.py:PRESET`):
 
 from configs import base, dpo
 
-
-def tiny(config):
-  dpo.tiny(config)
-  config.loss.update(label_smoothing=0.1)
-  return config
-
-
-PRESETS = {"tiny": tiny}
+PRESETS = {"tiny": dpo.tiny}
 
 
 def get_config(preset: str = "tiny"):
-  return base.algorithm_config("robust_dpo", preset, PRESETS)
+  return base.algorithm_config("robust_dpo", preset, PRESETS, label_smoothing=0.1)

@@ -10,6 +10,9 @@ Modules (import them directly; this file stays import-light so that
                              and unpaired (KTO) layouts.
 * ``data.tfds_builders``  -- TFDS builders (array_record, no TensorFlow) and
                              ``load_preference_source``.
-* ``data.pipeline``       -- tokenization, truncation, padding, resumable batching.
+* ``data.pipeline``       -- ``tokenize`` (records -> ``TokenizedPairs``: truncation, counts),
+                             padding, resumable batching of tokenized pairs.
+* ``data.tokenized_cache`` -- ``load_tokenized``: a tokenized split cached as array_record,
+                             so a restart does not tokenize again.
 * ``data.errors``         -- ``DataError``, raised for malformed input data.
 """

@@ -46,9 +46,16 @@ completion that does not already hold it (Llama 3's ``<|eot_id|>`` does; ChatML'
 ``<|im_end|>`` does when it is the eos). Without a template they use the text
 fields' built-in format, tokenized as text records are.
 
-Tokenization is EAGER: the whole split is tokenized once when a batcher is
-built. That makes ``num_batches_per_epoch`` and the dropped/truncated counts
-exact from the start and keeps ``batch(step)`` cheap and side-effect free.
+Two steps, each a function of its inputs only::
+
+    pairs = tokenize(source, tokenizer, TokenizeLimits(...))   # records -> TokenizedPairs
+    batches = PreferenceBatcher(pairs, batch_size=..., seed=..., buckets=...)
+
+``tokenize`` is EAGER: the whole split at once, which makes ``num_batches_per_epoch`` and
+the dropped/truncated counts exact from the start and keeps ``batch(step)`` cheap and
+side-effect free. Batchers take only ``TokenizedPairs``; anything that changes pairs
+(T-REG's token rewards, an online round's rows) is a ``pairs -> pairs`` step in between,
+and ``data.tokenized_cache`` keeps a tokenized split on disk so a restart skips the first.
 
 Pairs are dropped, and counted in ``SplitStats``, when they carry no
 preference signal: chosen and rejected identical as given
@@ -149,6 +156,35 @@ def _where(source, name: str, index: int, field: str) -> str:
   return find(index, field) if callable(find) else locate(name, record=index, field=field)
 
 
+# Bump when ``tokenize`` gives other pairs or counts for the same records, tokenizer and
+# limits: a tokenized split cached by another version is then never read
+# (data/tokenized_cache.py).
+TOKENIZE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizeLimits:
+  """What ``tokenize`` keeps of each record, and which records it keeps.
+
+  ``max_prompt_len`` / ``max_completion_len``: the segments' longest lengths (see the module
+  docstring); ``on_identical_pair`` (``IDENTICAL_PAIR_MODES``) and ``on_long_prompt``
+  (``LONG_PROMPT_MODES``): what happens to such pairs; ``unpaired``: None refuses unpaired
+  records, else one of ``UNPAIRED_MODES``.
+  """
+
+  max_prompt_len: int
+  max_completion_len: int
+  on_identical_pair: str = "drop"
+  on_long_prompt: str = "truncate"
+  unpaired: str | None = None
+
+  def __post_init__(self):
+    _check_mode(self.on_identical_pair, IDENTICAL_PAIR_MODES, "on_identical_pair")
+    _check_mode(self.on_long_prompt, LONG_PROMPT_MODES, "on_long_prompt")
+    if self.unpaired is not None:
+      _check_mode(self.unpaired, UNPAIRED_MODES, "unpaired")
+
+
 @dataclasses.dataclass
 class _Tokens:
   """One record's ids before truncation: the prompt's and each completion's."""
@@ -160,115 +196,34 @@ class _Tokens:
 
 
 class TokenizedPairs(Sequence[TokenizedPair]):
-  """A whole split, tokenized and truncated eagerly; kept pairs only.
+  """A whole split of token ids: the pairs, their pad id, name and counts.
 
-  ``source`` is any sequence (or iterable) of dicts with str ``prompt``,
-  ``chosen``, ``rejected`` (None: an unpaired record), optionally ``messages``
-  (a conversation, see ``data.readers``) and an int ``example_id`` (defaults
-  to the record's index). ``source_name`` (default: ``source.name`` if it has
-  one) names it in errors; a source with a ``locate(index, field)`` method
-  (``data.tfds_builders.PreferenceSource``) is asked for the file and line.
-  ``unpaired``: None refuses unpaired records, else one of ``UNPAIRED_MODES``.
+  ``tokenize`` makes one from records; an online round's samples, already ids, are wrapped
+  as they are. ``max_prompt_len`` / ``max_completion_len`` bound every pair's segments (the
+  limits it was tokenized with; by default the longest of ``pairs``), so a batcher checks
+  its buckets against them. ``stats``: the counts of the split the pairs came from
+  (default: all of them kept).
   """
 
-  def __init__(self, source, tokenizer: Tokenizer, *, max_prompt_len: int,
-               max_completion_len: int, on_identical_pair: str = "drop",
-               on_long_prompt: str = "truncate", source_name: str | None = None,
-               unpaired: str | None = None):
-    bos = tokenizer.bos_id
-    prefix = [] if bos is None else [int(bos)]
-    if max_prompt_len < len(prefix) or max_completion_len < 1:
-      raise ValueError(
-          f"need max_prompt_len >= {len(prefix)} (room for bos) and "
-          f"max_completion_len >= 1, got {max_prompt_len}, {max_completion_len}")
-    _check_mode(on_identical_pair, IDENTICAL_PAIR_MODES, "on_identical_pair")
-    _check_mode(on_long_prompt, LONG_PROMPT_MODES, "on_long_prompt")
-    if unpaired is not None:
-      _check_mode(unpaired, UNPAIRED_MODES, "unpaired")
-    self.source_name = source_name or str(getattr(source, "name", "") or "input records")
-    self.max_prompt_len = max_prompt_len
-    self.max_completion_len = max_completion_len
-    eos = int(tokenizer.eos_id)
-    stats = SplitStats()
-    pairs: list[TokenizedPair] = []
-    where = lambda i, field: _where(source, self.source_name, i, field)  # noqa: E731
-
-    it = iter(source)
-    index = 0
-    fields = _FieldPresence()
-    while chunk := list(itertools.islice(it, _CHUNK)):
-      for rec, tokens in zip(chunk, _tokenize_chunk(chunk, tokenizer, index, where)):
-        example_id = int(rec.get("example_id", index))
-        fields.note(rec, index)
-        index += 1
-        stats.total += 1
-        p, c, r = tokens.prompt, tokens.chosen, tokens.rejected
-        if r is None:
-          if unpaired is None:
-            raise DataError(f"{where(index - 1, 'chosen')}: missing: {_UNPAIRED_REFUSED}")
-          if unpaired == "desirable" and not rec.get("chosen_label", 1.0) > 0.5:
-            stats.dropped_undesirable += 1
-            stats.dropped += 1
-            continue
-        # Compared as tokens: equal texts always match, and so do texts the
-        # tokenizer's normalizer maps to the same ids (equally signal-free).
-        elif list(c) == list(r):
-          if on_identical_pair == "error":
-            raise DataError(
-                f"{where(index - 1, 'rejected')}: identical to "
-                f"'chosen', so the pair carries no preference; fix the record or set "
-                f"config.data.on_identical_pair='drop' to skip such pairs")
-          stats.dropped_identical += 1
-          stats.dropped += 1
-          continue
-        head, p = _prompt_head(p, prefix, bos, tokens.templated)
-        prompt_budget = max_prompt_len - len(head)
-        if len(p) > prompt_budget:
-          if on_long_prompt == "drop":
-            stats.dropped_long_prompt += 1
-            stats.dropped += 1
-            continue
-          stats.truncated_prompt += 1
-          p = p[len(p) - prompt_budget:]  # keep the end
-        sides = [_with_eos(x, eos, tokens.templated) for x in (c, r) if x is not None]
-        if any(len(x) > max_completion_len for x in sides):
-          stats.truncated_completion += 1
-        sides = [x[:max_completion_len] for x in sides]  # keep the start
-        prompt = head + list(p)
-        # Token 0 is never scored, so with an empty prompt and no bos
-        # a one-token completion has nothing to learn from.
-        scored = [len(x) - (0 if prompt else 1) for x in sides]
-        if (len(sides) == 2 and sides[0] == sides[1]) or min(scored) < 1:
-          stats.dropped += 1
-          continue
-        c, r = sides[0], (sides[1] if len(sides) == 2 else None)
-        pairs.append(TokenizedPair(
-            example_id, np.asarray(prompt, np.int32), np.asarray(c, np.int32),
-            None if r is None else np.asarray(r, np.int32),
-            pair_numbers(rec, lambda f, i=index - 1: where(i, f))))
-    fields.check(source, self.source_name)
-    stats.kept = len(pairs)
-    self.stats = stats
-    self._pairs = pairs
-    self.pad_id = int(tokenizer.pad_id)
-
-  @classmethod
-  def from_pairs(cls, pairs: Sequence[TokenizedPair], pad_id: int, *,
-                 source_name: str = "generated pairs",
-                 stats: SplitStats | None = None) -> "TokenizedPairs":
-    """Wraps pairs that are already token ids (an online round's samples), unchanged.
-
-    `stats`: the counts of the split they came from (default: all of them kept)."""
-    self = cls.__new__(cls)
-    self.source_name = source_name
+  def __init__(self, pairs: Sequence[TokenizedPair], pad_id: int, *,
+               source_name: str = "generated pairs", stats: SplitStats | None = None,
+               max_prompt_len: int | None = None, max_completion_len: int | None = None):
     self._pairs = list(pairs)
     self.pad_id = int(pad_id)
-    longest = lambda side: max((len(getattr(p, side)) for p in pairs
+    self.source_name = source_name
+    self.stats = stats or SplitStats(total=len(self._pairs), kept=len(self._pairs))
+    longest = lambda side: max((len(getattr(p, side)) for p in self._pairs  # noqa: E731
                                 if getattr(p, side) is not None), default=0)
-    self.max_prompt_len = longest("prompt")
-    self.max_completion_len = max(longest("chosen"), longest("rejected"))
-    self.stats = stats or SplitStats(total=len(pairs), kept=len(pairs))
-    return self
+    self.max_prompt_len = longest("prompt") if max_prompt_len is None else max_prompt_len
+    self.max_completion_len = (max(longest("chosen"), longest("rejected"))
+                               if max_completion_len is None else max_completion_len)
+
+  def with_pairs(self, pairs: Sequence[TokenizedPair]) -> "TokenizedPairs":
+    """The same split (name, pad id, counts, limits) holding ``pairs`` instead: what a
+    pairs -> pairs step (e.g. T-REG's token rewards) returns."""
+    return TokenizedPairs(pairs, self.pad_id, source_name=self.source_name, stats=self.stats,
+                          max_prompt_len=self.max_prompt_len,
+                          max_completion_len=self.max_completion_len)
 
   def __len__(self) -> int:
     return len(self._pairs)
@@ -283,7 +238,97 @@ class TokenizedPairs(Sequence[TokenizedPair]):
     return len(p.prompt) + max(len(p.chosen), rejected)
 
 
-def _prompt_head(prompt: list[int], prefix: list[int], bos: int | None,
+def name_of(source) -> str:
+  """What errors call ``source``: its ``name`` when it has one."""
+  return str(getattr(source, "name", "") or "input records")
+
+
+def tokenize(source, tokenizer: Tokenizer, limits: TokenizeLimits, *,
+             source_name: str | None = None) -> TokenizedPairs:
+  """A whole split tokenized and truncated to ``limits``; the kept pairs and the counts.
+
+  ``source`` is any sequence (or iterable) of dicts with str ``prompt``, ``chosen``,
+  ``rejected`` (None: an unpaired record), optionally ``messages`` (a conversation, see
+  ``data.readers``), the numbers of ``PAIR_FIELDS`` and an int ``example_id`` (defaults to
+  the record's index). ``source_name`` (default: ``source.name`` if it has one) names it in
+  errors; a source with a ``locate(index, field)`` method
+  (``data.tfds_builders.PreferenceSource``) is asked for the file and line.
+  """
+  bos = tokenizer.bos_id
+  room = 0 if bos is None else 1
+  if limits.max_prompt_len < room or limits.max_completion_len < 1:
+    raise ValueError(
+        f"need max_prompt_len >= {room} (room for bos) and "
+        f"max_completion_len >= 1, got {limits.max_prompt_len}, {limits.max_completion_len}")
+  name = source_name or name_of(source)
+  where = lambda i, field: _where(source, name, i, field)  # noqa: E731
+  eos = int(tokenizer.eos_id)
+  stats = SplitStats()
+  pairs: list[TokenizedPair] = []
+  fields = _FieldPresence()
+  it, index = iter(source), 0
+  while chunk := list(itertools.islice(it, _CHUNK)):
+    for rec, tokens in zip(chunk, _tokenize_chunk(chunk, tokenizer, index, where)):
+      fields.note(rec, index)
+      stats.total += 1
+      fitted, counts = _fit(tokens, rec, limits, bos, eos,
+                            lambda field, i=index: where(i, field))
+      for count in counts:
+        setattr(stats, count, getattr(stats, count) + 1)
+      if fitted is not None:
+        pairs.append(TokenizedPair(
+            int(rec.get("example_id", index)),
+            *(None if ids is None else np.asarray(ids, np.int32) for ids in fitted),
+            pair_numbers(rec, lambda f, i=index: where(i, f))))
+      index += 1
+  fields.check(source, name)
+  stats.kept = len(pairs)
+  return TokenizedPairs(pairs, tokenizer.pad_id, source_name=name, stats=stats,
+                        max_prompt_len=limits.max_prompt_len,
+                        max_completion_len=limits.max_completion_len)
+
+
+def _fit(tokens: _Tokens, record: Mapping, limits: TokenizeLimits, bos: int | None,
+         eos: int, where) -> tuple[tuple | None, list[str]]:
+  """One record cut to ``limits``: ((prompt, chosen, rejected) ids, or None when the record
+  is dropped; the ``SplitStats`` counters it adds to). ``where(field)`` locates errors."""
+  p, c, r = tokens.prompt, tokens.chosen, tokens.rejected
+  if r is None:
+    if limits.unpaired is None:
+      raise DataError(f"{where('chosen')}: missing: {_UNPAIRED_REFUSED}")
+    if limits.unpaired == "desirable" and not record.get("chosen_label", 1.0) > 0.5:
+      return None, ["dropped_undesirable", "dropped"]
+  # Compared as tokens: equal texts always match, and so do texts the
+  # tokenizer's normalizer maps to the same ids (equally signal-free).
+  elif list(c) == list(r):
+    if limits.on_identical_pair == "error":
+      raise DataError(
+          f"{where('rejected')}: identical to "
+          f"'chosen', so the pair carries no preference; fix the record or set "
+          f"config.data.on_identical_pair='drop' to skip such pairs")
+    return None, ["dropped_identical", "dropped"]
+  counts = []
+  head, p = _prompt_head(p, bos, tokens.templated)
+  prompt_budget = limits.max_prompt_len - len(head)
+  if len(p) > prompt_budget:
+    if limits.on_long_prompt == "drop":
+      return None, ["dropped_long_prompt", "dropped"]
+    counts.append("truncated_prompt")
+    p = p[len(p) - prompt_budget:]  # keep the end
+  sides = [_with_eos(x, eos, tokens.templated) for x in (c, r) if x is not None]
+  if any(len(x) > limits.max_completion_len for x in sides):
+    counts.append("truncated_completion")
+  sides = [x[:limits.max_completion_len] for x in sides]  # keep the start
+  prompt = head + list(p)
+  # Token 0 is never scored, so with an empty prompt and no bos
+  # a one-token completion has nothing to learn from.
+  scored = [len(x) - (0 if prompt else 1) for x in sides]
+  if (len(sides) == 2 and sides[0] == sides[1]) or min(scored) < 1:
+    return None, counts + ["dropped"]
+  return (prompt, sides[0], sides[1] if len(sides) == 2 else None), counts
+
+
+def _prompt_head(prompt: list[int], bos: int | None,
                  templated: bool) -> tuple[list[int], list[int]]:
   """(ids prompt truncation always keeps, the rest of the prompt).
 
@@ -291,7 +336,7 @@ def _prompt_head(prompt: list[int], prefix: list[int], bos: int | None,
   (transformers adds none to a template's text, and neither does this).
   """
   if not templated:
-    return prefix, list(prompt)
+    return ([] if bos is None else [int(bos)]), list(prompt)
   if bos is not None and prompt[:1] == [int(bos)]:
     return [int(bos)], list(prompt[1:])
   return [], list(prompt)
@@ -434,18 +479,6 @@ class _FieldPresence:
             f"{field} on every record of the split or on none")
 
 
-def _tokenized(source, tokenizer: Tokenizer, **kwargs) -> TokenizedPairs:
-  """``source`` tokenized, or as it is when it is already a ``TokenizedPairs``."""
-  if isinstance(source, TokenizedPairs):
-    longest = source.max_prompt_len + source.max_completion_len
-    limit = kwargs["max_prompt_len"] + kwargs["max_completion_len"]
-    if longest > limit:
-      raise ValueError(f"{source.source_name}: sequences up to {longest} tokens exceed "
-                       f"max_prompt_len + max_completion_len = {limit}")
-    return source
-  return TokenizedPairs(source, tokenizer, **kwargs)
-
-
 def check_buckets(buckets: Sequence[int], max_len: int) -> tuple[int, ...]:
   """Validates bucket lengths: ascending, positive, largest fits ``max_len``."""
   b = tuple(int(x) for x in buckets)
@@ -570,7 +603,7 @@ def _local_slice(batch_size: int, process_index: int, process_count: int) -> sli
 
 
 class PreferenceBatcher:
-  """Deterministic, resumable training batches.
+  """Deterministic, resumable training batches over tokenized pairs.
 
   Global batch ``step`` comes from the permutation of epoch
   ``step // num_batches_per_epoch``, which depends on (seed, epoch) only, so
@@ -582,20 +615,16 @@ class PreferenceBatcher:
   ``drop_remainder=False`` keeps every example: the last batch of an epoch
   is completed with examples from the start of the same epoch's order (so
   shapes stay static; those few examples are seen twice that epoch).
-  ``on_identical_pair``, ``on_long_prompt``, ``source_name`` and ``unpaired`` go to
-  ``TokenizedPairs``. ``pack_rows`` > 0 packs each batch's sequences into
+  ``pack_rows`` > 0 packs each batch's sequences into
   that many rows when they fit (``data/packing.py``): each process's slice
   into its share of the rows, each of the step's ``grad_accum_steps``
   micro-batches on its own, and only when every process's slice fits.
   """
 
-  def __init__(self, source, tokenizer: Tokenizer, *, batch_size: int, seed: int,
-               max_prompt_len: int, max_completion_len: int, buckets: Sequence[int],
-               shuffle: bool = True, drop_remainder: bool = True,
-               process_index: int = 0, process_count: int = 1,
-               on_identical_pair: str = "drop", on_long_prompt: str = "truncate",
-               source_name: str | None = None, pack_rows: int = 0,
-               grad_accum_steps: int = 1, unpaired: str | None = None):
+  def __init__(self, pairs: TokenizedPairs, *, batch_size: int, seed: int,
+               buckets: Sequence[int], shuffle: bool = True, drop_remainder: bool = True,
+               process_index: int = 0, process_count: int = 1, pack_rows: int = 0,
+               grad_accum_steps: int = 1):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     self.pack_rows = int(pack_rows)
@@ -605,12 +634,8 @@ class PreferenceBatcher:
       raise ValueError(f"pack_rows={pack_rows} must divide into process_count="
                        f"{process_count} x grad_accum_steps={grad_accum_steps} parts")
     self._local = _local_slice(batch_size, process_index, process_count)
-    self.buckets = check_buckets(buckets, max_prompt_len + max_completion_len)
-    self.pairs = _tokenized(source, tokenizer, max_prompt_len=max_prompt_len,
-                            max_completion_len=max_completion_len,
-                            on_identical_pair=on_identical_pair,
-                            on_long_prompt=on_long_prompt, source_name=source_name,
-                            unpaired=unpaired)
+    self.buckets = check_buckets(buckets, pairs.max_prompt_len + pairs.max_completion_len)
+    self.pairs = pairs
     self.batch_size = batch_size
     self.local_batch_size = batch_size // process_count
     self.seed = int(seed)
@@ -691,27 +716,20 @@ class PreferenceBatcher:
 
 
 class EvalBatches:
-  """In-order batches over a whole split, each example exactly once.
+  """In-order batches over a whole tokenized split, each example exactly once.
 
   The last global batch is completed with repeats of the first examples
   carrying ``weight`` 0 (real rows have 1), so weighted averages are exact
   and shapes stay static. Re-iterable; ``len()`` is the number of batches.
   """
 
-  def __init__(self, source, tokenizer: Tokenizer, *, batch_size: int,
-               max_prompt_len: int, max_completion_len: int, buckets: Sequence[int],
-               process_index: int = 0, process_count: int = 1,
-               on_identical_pair: str = "drop", on_long_prompt: str = "truncate",
-               source_name: str | None = None, unpaired: str | None = None):
+  def __init__(self, pairs: TokenizedPairs, *, batch_size: int, buckets: Sequence[int],
+               process_index: int = 0, process_count: int = 1):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     self._local = _local_slice(batch_size, process_index, process_count)
-    self.buckets = check_buckets(buckets, max_prompt_len + max_completion_len)
-    self.pairs = _tokenized(source, tokenizer, max_prompt_len=max_prompt_len,
-                            max_completion_len=max_completion_len,
-                            on_identical_pair=on_identical_pair,
-                            on_long_prompt=on_long_prompt, source_name=source_name,
-                            unpaired=unpaired)
+    self.buckets = check_buckets(buckets, pairs.max_prompt_len + pairs.max_completion_len)
+    self.pairs = pairs
     self.batch_size = batch_size
     if len(self.pairs) == 0:
       raise DataError(f"{self.pairs.source_name}: no usable pairs to evaluate "
@@ -735,17 +753,3 @@ class EvalBatches:
                       self.pairs.pad_id)
       batch["weight"] = weight[self._local]
       yield batch
-
-
-def eval_batches(source, tokenizer: Tokenizer, *, batch_size: int, max_prompt_len: int,
-                 max_completion_len: int, buckets: Sequence[int], process_index: int = 0,
-                 process_count: int = 1, on_identical_pair: str = "drop",
-                 on_long_prompt: str = "truncate", source_name: str | None = None,
-                 unpaired: str | None = None) -> EvalBatches:
-  """In-order eval batches over ``source`` with a ``weight`` array; see ``EvalBatches``."""
-  return EvalBatches(source, tokenizer, batch_size=batch_size,
-                     max_prompt_len=max_prompt_len, max_completion_len=max_completion_len,
-                     buckets=buckets, process_index=process_index,
-                     process_count=process_count, on_identical_pair=on_identical_pair,
-                     on_long_prompt=on_long_prompt, source_name=source_name,
-                     unpaired=unpaired)

@@ -77,8 +77,9 @@ class _ThisModulePath:
     return epath.Path(__file__)
 
 
-class _PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Shared plumbing of the builders below (abstract)."""
+class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Shared plumbing of this project's builders (abstract; also
+  ``data.tokenized_cache.TokenizedPreferences``)."""
 
   code_path = _ThisModulePath()
 
@@ -123,7 +124,7 @@ def synthetic_config(num_train: int = 5000, num_test: int = 500, seed: int = 0,
                          description="Digit sorting preference pairs.")
 
 
-class SyntheticPreferences(_PreferenceBuilder, skip_registration=True):
+class SyntheticPreferences(ArrayRecordBuilder, skip_registration=True):
   """The built-in digit-sorting preference task as a TFDS dataset."""
 
   VERSION = tfds.core.Version("1.2.0")
@@ -250,7 +251,7 @@ def split_by_prompt(records: Sequence[dict], fraction: float, seed: int,
   return [i for i in range(len(records)) if i not in held_set], sorted(held)
 
 
-class LocalPreferences(_PreferenceBuilder, skip_registration=True):
+class LocalPreferences(ArrayRecordBuilder, skip_registration=True):
   """Local JSONL / JSON / Parquet preference files as a TFDS dataset."""
 
   VERSION = tfds.core.Version("1.2.0")
@@ -301,13 +302,16 @@ class PreferenceSource(Sequence[dict]):
   UTF-8 bytes and ints as numpy scalars. ``name`` says where the split came
   from and ``files`` lists the local files it was read from (empty for the
   synthetic task), so errors found later can point back at a record.
+  ``fingerprint`` names the prepared split's content ("" when unknown), so that what is
+  derived from it (``data.tokenized_cache``) can be cached under it.
   """
 
   def __init__(self, data_source, *, name: str = "preference source",
-               files: Sequence[str] = ()):
+               files: Sequence[str] = (), fingerprint: str = ""):
     self._ds = data_source
     self.name = name
     self.files = tuple(files)
+    self.fingerprint = fingerprint
 
   def locate(self, index: int, field: str | None = None) -> str:
     """Where example ``index`` came from: its file and line / record when local."""
@@ -368,7 +372,7 @@ class _DropCustomConfigWarning(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
   """Hides TFDS's tqdm bars and config warning, restoring the caller's setting."""
   from tensorflow_datasets.core.utils import tqdm_utils
 
@@ -384,7 +388,7 @@ def _quiet():
 
 
 # A prepared split takes at least one array_record block per file, plus metadata.
-_MIN_SPLIT_BYTES = 256 * 1024
+MIN_SPLIT_BYTES = 256 * 1024
 _SYNTHETIC_RECORD_BYTES = 512  # a generous bound on a digit-sorting record
 
 
@@ -395,27 +399,29 @@ def cache_bytes(builder) -> int:
   config = builder.builder_config
   if isinstance(config, LocalConfig):
     files = {f for fs in config.files.values() for f in fs}
-    return 2 * sum(os.path.getsize(f) for f in files) + 2 * _MIN_SPLIT_BYTES
+    return 2 * sum(os.path.getsize(f) for f in files) + 2 * MIN_SPLIT_BYTES
   return ((config.num_train + config.num_test) * _SYNTHETIC_RECORD_BYTES
-          + 2 * _MIN_SPLIT_BYTES)
+          + 2 * MIN_SPLIT_BYTES)
 
 
-def prepare(builder: tfds.core.DatasetBuilder, check_space=None) -> tfds.core.DatasetBuilder:
+def prepare(builder: tfds.core.DatasetBuilder, check_space=None,
+            needed: int | None = None) -> tfds.core.DatasetBuilder:
   """``download_and_prepare`` quietly (a no-op when already prepared).
 
   ``check_space(needed_bytes)`` is called first when the builder is not prepared yet, to
-  refuse before writing into a disk that cannot hold the cache. TFDS's "Downloading and
-  preparing" banner (printed, not logged) is replaced by one log line.
+  refuse before writing into a disk that cannot hold the cache; ``needed`` defaults to
+  ``cache_bytes(builder)``. TFDS's "Downloading and preparing" banner (printed, not
+  logged) is replaced by one log line.
   """
-  with _quiet():
+  with quiet():
     if builder.is_prepared():
       return builder
-  needed = cache_bytes(builder)
+  needed = cache_bytes(builder) if needed is None else needed
   if check_space is not None:
     check_space(needed)
   absl_logging.info("preparing the data cache (about %d KB) in %s", needed // 1024,
                     builder.data_dir)
-  with _quiet(), contextlib.redirect_stdout(io.StringIO()):
+  with quiet(), contextlib.redirect_stdout(io.StringIO()):
     builder.download_and_prepare()
   return builder
 
@@ -441,7 +447,7 @@ def load_preference_source(path: str, split: str, data_dir: str,
   if path and synthetic_kwargs:
     raise TypeError(f"synthetic options {sorted(synthetic_kwargs)} given "
                     f"with a local path {path!r}")
-  with _quiet():
+  with quiet():
     if not path:
       holdout = None
       builder = SyntheticPreferences(data_dir=data_dir, **synthetic_kwargs)
@@ -459,8 +465,12 @@ def load_preference_source(path: str, split: str, data_dir: str,
   files = builder.builder_config.files.get(split, ()) if path else ()
   if holdout and split == holdout.eval_split:
     _log_holdout(path, builder, holdout)
+  # The config name hashes the files (or names every synthetic setting): with the
+  # builder's version and the split, it names the split's content.
+  content = f"{builder.name}/{builder.builder_config.name}/{builder.version}/{split}"
   return PreferenceSource(builder.as_data_source(split=split),
-                          name=f"{path or 'synthetic task'} (split {split!r})", files=files)
+                          name=f"{path or 'synthetic task'} (split {split!r})", files=files,
+                          fingerprint=content)
 
 
 def _log_holdout(path: str, builder, holdout: Holdout) -> None:

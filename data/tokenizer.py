@@ -11,11 +11,12 @@ which keeps the mask arithmetic in one place (``data.pipeline``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Protocol, Sequence, runtime_checkable
 
-from data.chat_template import SPECIAL_TOKEN_NAMES, load_chat_template
+from data.chat_template import SPECIAL_TOKEN_NAMES, TEMPLATE_FILE, load_chat_template
 
 
 @runtime_checkable
@@ -49,7 +50,17 @@ class Tokenizer(Protocol):
     ...
 
   # Optional: `chat_template`, a data.chat_template.ChatTemplate (None or absent: the
-  # conversational records render in the built-in format of data.readers).
+  # conversational records render in the built-in format of data.readers); `fingerprint()`,
+  # a string that changes whenever `encode` or the template could give other ids (absent:
+  # tokenized splits are not cached, data/tokenized_cache.py).
+
+
+def _identity(tokenizer) -> str:
+  """The class and special ids of a tokenizer: a subclass that changes them (or `encode`)
+  never shares a fingerprint with its base."""
+  kind = type(tokenizer)
+  return (f"{kind.__module__}.{kind.__qualname__} vocab={tokenizer.vocab_size} "
+          f"pad={tokenizer.pad_id} bos={tokenizer.bos_id} eos={tokenizer.eos_id}")
 
 
 class ByteTokenizer:
@@ -91,6 +102,10 @@ class ByteTokenizer:
 
   def encode(self, text: str) -> list[int]:
     return list(text.encode("utf-8"))
+
+  def fingerprint(self) -> str:
+    """What its ids depend on: the class and the special ids (bytes are bytes)."""
+    return _identity(self)
 
   def decode(self, ids: Sequence[int]) -> str:
     # Sampled sequences may contain specials or unused ids; drop them, and
@@ -223,6 +238,23 @@ class HFTokenizer:
 
   def decode(self, ids: Sequence[int]) -> str:
     return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+  def fingerprint(self) -> str:
+    """What its ids depend on: a hash of the directory's tokenizer files (the chat template
+    included), the special ids, and the versions of the libraries that encode and render."""
+    import jinja2
+    import tokenizers
+
+    h = hashlib.sha256(f"{_identity(self)} tokenizers={tokenizers.__version__} "
+                       f"jinja2={jinja2.__version__}".encode())
+    for name in (_TOKENIZER_FILE, *_SPECIAL_TOKEN_FILES, TEMPLATE_FILE):
+      path = os.path.join(self.directory, name)
+      if os.path.isfile(path):
+        h.update(f"\0{name}\0".encode())
+        with open(path, "rb") as f:
+          for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
   def __repr__(self) -> str:
     return f"HFTokenizer({self.directory!r})"

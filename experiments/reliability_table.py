@@ -266,18 +266,20 @@ DATA_CASES = [
 
 
 def _pipeline(records_by_file: dict, *, batch_size: int = 1, **options):
-  """A case body: write the files, load the split via TFDS and batch it with ``options``."""
+  """A case body: write the files, load the split via TFDS, tokenize it with ``options``
+  (through the tokenized cache) and batch it."""
   def run(scratch):
-    from data import pipeline, tfds_builders
+    from data import pipeline, tfds_builders, tokenized_cache
     from data.tokenizer import ByteTokenizer
 
     d = os.path.join(scratch, "prefs")
     for name, records in records_by_file.items():
       _write(os.path.join(d, name), records)
-    source = tfds_builders.load_preference_source(d, "train", os.path.join(scratch, "tfds"))
-    kw = dict(max_prompt_len=8, max_completion_len=8, buckets=(16,))
-    batcher = pipeline.PreferenceBatcher(source, ByteTokenizer(), batch_size=batch_size,
-                                         seed=0, **kw, **options)
+    data_dir = os.path.join(scratch, "tfds")
+    source = tfds_builders.load_preference_source(d, "train", data_dir)
+    limits = pipeline.TokenizeLimits(max_prompt_len=8, max_completion_len=8, **options)
+    pairs = tokenized_cache.load_tokenized(source, ByteTokenizer(), limits, data_dir)
+    batcher = pipeline.PreferenceBatcher(pairs, batch_size=batch_size, seed=0, buckets=(16,))
     return f"data split 'train': {batcher.stats.summary()}"
   return run
 
@@ -321,23 +323,14 @@ PIPELINE_CASES = [
 # Config values: config_check.validate on configs/dpo.py:tiny with overrides.
 
 
-def _overrides(config, overrides: dict) -> None:
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    target = config
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-
-
 def _config(setup: Callable[[str], dict] | dict, num_devices: int = 1, process_count: int = 1):
   """A case body: validate the tiny preset with overrides (or ``setup(scratch)``'s)."""
   def run(scratch):
-    from configs import dpo
+    from configs import base, dpo
     from training import config_check
 
     config = dpo.get_config("tiny")
-    _overrides(config, setup(scratch) if callable(setup) else setup)
+    base.override(config, setup(scratch) if callable(setup) else setup)
     config_check.validate(config, num_devices=num_devices, process_count=process_count)
   return run
 
@@ -500,6 +493,9 @@ CLI_CASES = [
               "is not a dict", flags.IllegalFlagValueError),
     _cli_case("`--config.loss.beta=-1` (out of range)", "--config.loss.beta=-1",
               "config.loss.beta must be > 0.0", ValueError),
+    _cli_case("`--config.loss.name=ipo` on the DPO preset (a key IPO does not read)",
+              "--config.loss.name=ipo",
+              "config.loss.label_smoothing=0.0 has no effect on loss 'ipo'", ValueError),
     _cli_case("`--config.data.buckets=abc` (parsed as the tuple ('abc',))",
               "--config.data.buckets=abc", "config.data.buckets must be integer lengths",
               ValueError),
@@ -880,8 +876,9 @@ def render() -> str:
          "way through the TFDS builder, so the messages are identical there."),
         ("### Pipeline options (`config.data.on_identical_pair`, `config.data.on_long_prompt`)",
          PIPELINE_CASES, False,
-         "Local files through `load_preference_source` and `PreferenceBatcher`. Handled "
-         "inputs show the line `training.experiment.build` logs once per split."),
+         "Local files through `load_preference_source`, `load_tokenized` and "
+         "`PreferenceBatcher`. Handled inputs show the line `training.experiment.build` logs "
+         "once per split."),
         ("### Config values (`training.config_check`)", CONFIG_CASES, False,
          "`configs/dpo.py:tiny` with the override, validated for one device and process "
          "unless the row says otherwise."),

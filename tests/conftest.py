@@ -31,9 +31,26 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes",
                   int(os.environ.get("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")))
 
 
+def loss_hyperparameters(name, preferred=None, **overrides):
+  """`config.loss` of the registered loss `name`: its defaults, then the values in `preferred`
+  for those of its keys that `preferred` names (a test file's own defaults, which may cover
+  several losses), then `overrides` as they are (a key of another loss included, so that a
+  test can show it refused)."""
+  import ml_collections
+
+  import algorithms
+
+  defaults = algorithms.get_algorithm(name).defaults
+  preferred = {k: v for k, v in (preferred or {}).items() if k in defaults}
+  return ml_collections.ConfigDict({"name": name, **defaults, **preferred, **overrides})
+
+
 def micro_config(**overrides):
-  """configs/dpo.py:tiny shrunk further: 2 layers, 256 training pairs, batch 8."""
-  from configs import dpo
+  """configs/dpo.py:tiny shrunk further: 2 layers, 256 training pairs, batch 8.
+
+  A "loss.name" override of a registered loss switches the loss first (`configs.base.override`).
+  """
+  from configs import base, dpo
 
   config = dpo.get_config("tiny")
   config.model.update(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
@@ -42,13 +59,7 @@ def micro_config(**overrides):
   config.update(total_steps=6, batch_size=8, eval_batch_size=8, log_every=1, eval_every=3,
                 checkpoint_every=3, progress_bar=False)
   config.optimizer.update(learning_rate=1e-3, warmup_steps=1)
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return config
+  return base.override(config, overrides)
 
 
 @pytest.fixture(scope="session")

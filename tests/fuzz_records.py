@@ -358,9 +358,9 @@ def run_pipeline(directory: str, max_examples: int) -> list[Outcome]:
       f.write((json.dumps(GOOD).encode() + b"\n") * good + b"\n".join(lines) + b"\n")
     try:
       source = tfds_builders.load_preference_source(d, "train", cache)
-      pairs = pipeline.TokenizedPairs(
-          source, tok, max_prompt_len=max_prompt_len, max_completion_len=max_completion_len,
-          on_identical_pair=identical, on_long_prompt=long_prompt)
+      pairs = pipeline.tokenize(source, tok, pipeline.TokenizeLimits(
+          max_prompt_len=max_prompt_len, max_completion_len=max_completion_len,
+          on_identical_pair=identical, on_long_prompt=long_prompt))
     except DataError as e:
       outcomes.append(Outcome("pipeline", len(lines), check_refused(e, path, "jsonl", good)))
       return

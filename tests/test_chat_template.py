@@ -158,9 +158,10 @@ def _records(layout: str) -> list[dict]:
   return [readers.normalize_record(r, file="c.jsonl", index=i) for i, r in enumerate(raw)]
 
 
-def _pairs(records, tokenizer, **kw):
+def _pairs(records, tokenizer, source_name=None, **kw):
   kw = dict(dict(max_prompt_len=512, max_completion_len=512), **kw)
-  return pipeline.TokenizedPairs(records, tokenizer, **kw)
+  return pipeline.tokenize(records, tokenizer, pipeline.TokenizeLimits(**kw),
+                           source_name=source_name)
 
 
 @pytest.mark.parametrize("layout", ["explicit", "implicit", "ultrafeedback"])

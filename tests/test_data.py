@@ -352,8 +352,10 @@ def test_pair_fields_travel_from_files_to_batches(tmp_path):
   assert src[0] == dict(EXPECTED[0], example_id=0, chosen_label=1.0, rejected_label=0.0,
                         preference_prob=0.75)
   assert "chosen_score" not in src[1] and src[1]["preference_prob"] == 0.25
-  batcher = pipeline.PreferenceBatcher(src, TOK, batch_size=2, seed=0, max_prompt_len=8,
-                                       max_completion_len=8, buckets=(16,), shuffle=False)
+  pairs = pipeline.tokenize(src, TOK, pipeline.TokenizeLimits(max_prompt_len=8,
+                                                               max_completion_len=8))
+  batcher = pipeline.PreferenceBatcher(pairs, batch_size=2, seed=0, buckets=(16,),
+                                       shuffle=False)
   batch = batcher.batch(0)
   by_id = {int(e): i for i, e in enumerate(batch["example_id"])}
   np.testing.assert_array_equal(batch["chosen_label"][[by_id[0], by_id[1]]], [1.0, 0.0])
@@ -390,8 +392,9 @@ def test_hand_checked_batch():
       {"prompt": "q", "chosen": "AB", "rejected": "C", "example_id": 9},
   ]
   batcher = pipeline.PreferenceBatcher(
-      source, TOK, batch_size=2, seed=0, max_prompt_len=4, max_completion_len=3,
-      buckets=(4, 8, 12), shuffle=False)
+      pipeline.tokenize(source, TOK, pipeline.TokenizeLimits(max_prompt_len=4,
+                                                             max_completion_len=3)),
+      batch_size=2, seed=0, buckets=(4, 8, 12), shuffle=False)
   b = batcher.batch(0)
   assert b["chosen_ids"].tolist() == [
       [B_, *_ids("def"), *_ids("XY"), E_, P_],
@@ -424,41 +427,46 @@ class _NoBosTokenizer(ByteTokenizer):
 def test_no_bos_and_empty_prompt():
   source = [{"prompt": "", "chosen": "ab", "rejected": "ba"}]
   batcher = pipeline.PreferenceBatcher(
-      source, _NoBosTokenizer(), batch_size=1, seed=0, max_prompt_len=2,
-      max_completion_len=4, buckets=(6,))
+      pipeline.tokenize(source, _NoBosTokenizer(),
+                        pipeline.TokenizeLimits(max_prompt_len=2, max_completion_len=4)),
+      batch_size=1, seed=0, buckets=(6,))
   b = batcher.batch(0)
   assert b["chosen_ids"].tolist() == [[*_ids("ab"), E_, P_, P_, P_]]
   # Token 0 has no predecessor, so it never counts.
   assert b["chosen_loss_mask"].tolist() == [[0, 1, 1, 0, 0, 0]]
   # With one completion token and nothing before it, no token is scored.
-  pairs = pipeline.TokenizedPairs(source, _NoBosTokenizer(), max_prompt_len=2,
-                                  max_completion_len=1)
+  pairs = pipeline.tokenize(source, _NoBosTokenizer(),
+                            pipeline.TokenizeLimits(max_prompt_len=2, max_completion_len=1))
   assert (len(pairs), pairs.stats.dropped, pairs.stats.truncated_completion) == (0, 1, 1)
 
 
 def test_identical_after_truncation_is_dropped():
   source = [{"prompt": "p", "chosen": "same-A", "rejected": "same-B"},
             {"prompt": "p", "chosen": "x", "rejected": "y"}]
-  pairs = pipeline.TokenizedPairs(source, TOK, max_prompt_len=4, max_completion_len=3)
+  pairs = pipeline.tokenize(source, TOK,
+                            pipeline.TokenizeLimits(max_prompt_len=4, max_completion_len=3))
   assert [p.example_id for p in pairs] == [1]
   assert (pairs.stats.dropped, pairs.stats.truncated_completion) == (1, 1)
 
 
 def test_buckets_pick_smallest_fit_and_validate():
   source = [{"prompt": "p" * n, "chosen": "c" * n, "rejected": "r"} for n in (1, 5, 9)]
-  kw = dict(max_prompt_len=10, max_completion_len=10, shuffle=False)
-  batcher = pipeline.PreferenceBatcher(source, TOK, batch_size=1, seed=0,
+  pairs = pipeline.tokenize(source, TOK,
+                            pipeline.TokenizeLimits(max_prompt_len=10, max_completion_len=10))
+  kw = dict(shuffle=False)
+  batcher = pipeline.PreferenceBatcher(pairs, batch_size=1, seed=0,
                                        buckets=(4, 8, 16, 32), **kw)
   # lengths (bos + prompt + completion + eos): 4, 12, 20
   assert [batcher.batch(i)["chosen_ids"].shape[1] for i in range(3)] == [4, 16, 32]
   assert [batcher.batch(i)["rejected_ids"].shape[1] for i in range(3)] == [4, 16, 32]
   with pytest.raises(ValueError, match="largest bucket"):
-    pipeline.PreferenceBatcher(source, TOK, batch_size=1, seed=0, buckets=(8, 16), **kw)
+    pipeline.PreferenceBatcher(pairs, batch_size=1, seed=0, buckets=(8, 16), **kw)
   with pytest.raises(ValueError, match="ascending"):
-    pipeline.PreferenceBatcher(source, TOK, batch_size=1, seed=0, buckets=(32, 8), **kw)
+    pipeline.PreferenceBatcher(pairs, batch_size=1, seed=0, buckets=(32, 8), **kw)
 
 
-SORT_KW = dict(max_prompt_len=20, max_completion_len=14, buckets=(16, 24, 32, 40))
+SORT_LIMITS = pipeline.TokenizeLimits(max_prompt_len=20, max_completion_len=14)
+SORT_KW = dict(buckets=(16, 24, 32, 40))
 
 
 @pytest.fixture(scope="module")
@@ -466,13 +474,18 @@ def sort_train():
   return synthetic.make_split("train", 203)
 
 
+@pytest.fixture(scope="module")
+def sort_pairs(sort_train):
+  return pipeline.tokenize(sort_train, TOK, SORT_LIMITS)
+
+
 def _equal(a, b):
   return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def test_batcher_deterministic_and_resumable(sort_train):
+def test_batcher_deterministic_and_resumable(sort_pairs):
   make = lambda seed: pipeline.PreferenceBatcher(  # noqa: E731
-      sort_train, TOK, batch_size=8, seed=seed, **SORT_KW)
+      sort_pairs, batch_size=8, seed=seed, **SORT_KW)
   a, b = make(0), make(0)
   assert a.num_batches_per_epoch == 25
   run = [a.batch(s) for s in range(60)]  # crosses two epoch boundaries
@@ -492,45 +505,45 @@ def test_epoch_permutation_is_stable():
   assert sorted(pipeline.epoch_permutation(1000, 5, 3).tolist()) == list(range(1000))
 
 
-def test_process_slices_equal_global_slice(sort_train):
-  glob = pipeline.PreferenceBatcher(sort_train, TOK, batch_size=8, seed=3, **SORT_KW)
+def test_process_slices_equal_global_slice(sort_pairs):
+  glob = pipeline.PreferenceBatcher(sort_pairs, batch_size=8, seed=3, **SORT_KW)
   for step in (0, 31):
     full = glob.batch(step)
     for pi in range(4):
-      local = pipeline.PreferenceBatcher(sort_train, TOK, batch_size=8, seed=3,
+      local = pipeline.PreferenceBatcher(sort_pairs, batch_size=8, seed=3,
                                          process_index=pi, process_count=4,
                                          **SORT_KW).batch(step)
       assert _equal(local, {k: v[2 * pi:2 * pi + 2] for k, v in full.items()})
   with pytest.raises(ValueError, match="divisible"):
-    pipeline.PreferenceBatcher(sort_train, TOK, batch_size=8, seed=0, process_count=3,
+    pipeline.PreferenceBatcher(sort_pairs, batch_size=8, seed=0, process_count=3,
                                **SORT_KW)
 
 
-def test_keep_remainder_fills_last_batch(sort_train):
-  batcher = pipeline.PreferenceBatcher(sort_train, TOK, batch_size=8, seed=0,
+def test_keep_remainder_fills_last_batch(sort_pairs):
+  batcher = pipeline.PreferenceBatcher(sort_pairs, batch_size=8, seed=0,
                                        drop_remainder=False, **SORT_KW)
   assert batcher.num_batches_per_epoch == 26
   ids = np.concatenate([batcher.batch(s)["example_id"] for s in range(26)])
   assert len(ids) == 208 and set(ids.tolist()) == set(range(203))
 
 
-def test_eval_batches_cover_split_exactly(sort_train):
+def test_eval_batches_cover_split_exactly(sort_train, sort_pairs):
   n = len(sort_train)
-  batches = list(pipeline.eval_batches(sort_train, TOK, batch_size=16, **SORT_KW))
+  batches = list(pipeline.EvalBatches(sort_pairs, batch_size=16, **SORT_KW))
   assert len(batches) == 13
   ids = np.concatenate([b["example_id"] for b in batches])
   w = np.concatenate([b["weight"] for b in batches])
   assert ids[w == 1].tolist() == list(range(n))  # in order, each once
   assert w.sum() == n and w.dtype == np.float32 and w[n:].sum() == 0
   assert {b["chosen_ids"].shape[0] for b in batches} == {16}
-  local = list(pipeline.eval_batches(sort_train, TOK, batch_size=16, process_index=1,
-                                     process_count=2, **SORT_KW))
+  local = list(pipeline.EvalBatches(sort_pairs, batch_size=16, process_index=1,
+                                    process_count=2, **SORT_KW))
   assert all(_equal(lb, {k: v[8:] for k, v in gb.items()})
              for lb, gb in zip(local, batches))
 
 
-def test_left_pad(sort_train):
-  right = pipeline.PreferenceBatcher(sort_train, TOK, batch_size=8, seed=0,
+def test_left_pad(sort_pairs):
+  right = pipeline.PreferenceBatcher(sort_pairs, batch_size=8, seed=0,
                                      **SORT_KW).batch(0)
   left = pipeline.left_pad(right)
   for side in ("chosen", "rejected"):

@@ -146,34 +146,37 @@ _KW = dict(max_prompt_len=4, max_completion_len=4)
 def test_identical_pairs_drop_or_error():
   source = [{"prompt": "p", "chosen": "x", "rejected": "y"},
             {"prompt": "p", "chosen": "same", "rejected": "same"}]
-  pairs = pipeline.TokenizedPairs(source, TOK, **_KW)
+  pairs = pipeline.tokenize(source, TOK, pipeline.TokenizeLimits(**_KW))
   assert [p.example_id for p in pairs] == [0]
   assert (pairs.stats.dropped, pairs.stats.dropped_identical) == (1, 1)
   with pytest.raises(DataError, match=r"^prefs\.jsonl: record 1: field 'rejected': identical"):
-    pipeline.TokenizedPairs(source, TOK, on_identical_pair="error", source_name="prefs.jsonl",
-                            **_KW)
+    pipeline.tokenize(source, TOK, pipeline.TokenizeLimits(on_identical_pair="error", **_KW),
+                      source_name="prefs.jsonl")
   with pytest.raises(ValueError, match="on_identical_pair must be one of"):
-    pipeline.TokenizedPairs(source, TOK, on_identical_pair="keep", **_KW)
+    pipeline.tokenize(source, TOK, pipeline.TokenizeLimits(on_identical_pair="keep", **_KW))
 
 
 def test_long_prompts_truncate_or_drop():
   source = [{"prompt": "abcdef", "chosen": "x", "rejected": "y"},
             {"prompt": "ab", "chosen": "x", "rejected": "y"}]
-  kept = pipeline.TokenizedPairs(source, TOK, **_KW)
+  kept = pipeline.tokenize(source, TOK, pipeline.TokenizeLimits(**_KW))
   assert kept[0].prompt.tolist() == [TOK.bos_id, *b"def"]  # keeps the end
   assert (len(kept), kept.stats.truncated_prompt, kept.stats.dropped) == (2, 1, 0)
-  dropped = pipeline.TokenizedPairs(source, TOK, on_long_prompt="drop", **_KW)
+  dropped = pipeline.tokenize(source, TOK, pipeline.TokenizeLimits(on_long_prompt="drop",
+                                                                    **_KW))
   assert [p.example_id for p in dropped] == [1]
   s = dropped.stats
   assert (s.dropped, s.dropped_long_prompt, s.truncated_prompt) == (1, 1, 0)
   with pytest.raises(ValueError, match="on_long_prompt must be one of"):
-    pipeline.TokenizedPairs(source, TOK, on_long_prompt="cut", **_KW)
+    pipeline.tokenize(source, TOK, pipeline.TokenizeLimits(on_long_prompt="cut", **_KW))
 
 
 def test_nothing_usable_is_a_data_error_naming_the_source():
   source = [{"prompt": "p", "chosen": "x", "rejected": "x"}]
-  kw = dict(buckets=(8,), source_name="eval.jsonl", **_KW)
+  pairs = pipeline.tokenize(source, TOK, pipeline.TokenizeLimits(**_KW),
+                            source_name="eval.jsonl")
+  kw = dict(buckets=(8,))
   with pytest.raises(DataError, match=r"^eval\.jsonl: no usable pairs to evaluate"):
-    pipeline.eval_batches(source, TOK, batch_size=1, **kw)
+    pipeline.EvalBatches(pairs, batch_size=1, **kw)
   with pytest.raises(DataError, match=r"^eval\.jsonl: only 0 usable pairs"):
-    pipeline.PreferenceBatcher(source, TOK, batch_size=1, seed=0, **kw)
+    pipeline.PreferenceBatcher(pairs, batch_size=1, seed=0, **kw)

@@ -179,9 +179,11 @@ def test_a_record_of_no_layout_names_the_layouts(tmp_path):
 def _batches(config, tmp_path):
   """The run's (training batcher, eval batches), built as experiment.build builds them."""
   config_check.validate(config, num_devices=1, process_count=1)
-  train, test = experiment.load_sources(config, str(tmp_path / "build"))
-  return (experiment.make_batcher(config, TOK, train),
-          experiment.make_eval_batches(config, TOK, test))
+  workdir = str(tmp_path / "build")
+  train, test = experiment.load_pairs(config, workdir, TOK,
+                                      experiment.load_sources(config, workdir))
+  return (experiment.make_batcher(config, train),
+          experiment.make_eval_batches(config, test))
 
 
 def test_ultrafeedback_scores_reach_the_batch(tmp_path):
@@ -353,10 +355,11 @@ def test_pipeline_modes_for_unpaired_records():
   source = [{"prompt": "p", "chosen": "good", "rejected": None, "chosen_label": 1.0},
             {"prompt": "p", "chosen": "bad", "rejected": None, "chosen_label": 0.0}]
   kw = dict(max_prompt_len=8, max_completion_len=8)
-  assert len(pipeline.TokenizedPairs(source, TOK, unpaired="all", **kw)) == 2
-  kept = pipeline.TokenizedPairs(source, TOK, unpaired="desirable", **kw)
+  limits = lambda **more: pipeline.TokenizeLimits(**kw, **more)  # noqa: E731
+  assert len(pipeline.tokenize(source, TOK, limits(unpaired="all"))) == 2
+  kept = pipeline.tokenize(source, TOK, limits(unpaired="desirable"))
   assert [p.chosen.tolist()[:-1] for p in kept] == [list(b"good")] and kept[0].rejected is None
   with pytest.raises(DataError, match=r"^src: record 0: field 'chosen': missing: an unpaired"):
-    pipeline.TokenizedPairs(source, TOK, source_name="src", **kw)
+    pipeline.tokenize(source, TOK, limits(), source_name="src")
   with pytest.raises(ValueError, match="unpaired must be one of"):
-    pipeline.TokenizedPairs(source, TOK, unpaired="some", **kw)
+    pipeline.tokenize(source, TOK, limits(unpaired="some"))

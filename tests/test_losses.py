@@ -15,6 +15,7 @@ import pytest
 
 import algorithms
 from algorithms import LossInputs, get_algorithm, get_loss, registered_names
+from tests.conftest import loss_hyperparameters
 
 # ---------------------------------------------------------------------------------------
 # Fixture A (sequence level), algorithms.md §0 and §1.4.
@@ -53,10 +54,8 @@ REJECTED_LAYOUT = ["middle", "right", "left"]
 
 
 def loss_cfg(name="dpo", **overrides):
-  """config.loss with the defaults configs/base.py declares."""
-  defaults = dict(name=name, beta=0.1, label_smoothing=0.0, ipo_average_logps=True,
-                  simpo_gamma_beta_ratio=0.5, sft_weight=0.0)
-  return ml_collections.ConfigDict({**defaults, **overrides})
+  """config.loss with the loss's registered defaults."""
+  return loss_hyperparameters(name, **overrides)
 
 
 def _positions(n, layout, rng):

@@ -22,15 +22,14 @@ from algorithms import ld_dpo as ld_dpo_module
 from algorithms import t_reg as t_reg_module
 from algorithms import dpo as dpo_module  # noqa: F401  (registers dpo / ipo)
 from algorithms import simpo as simpo_module  # noqa: F401  (registers simpo)
-from configs import base as base_config
+from tests.conftest import loss_hyperparameters
 
 NAMES = ("ld_dpo", "dno", "inpo", "t_reg")
 
 
 def loss_cfg(name, **overrides):
-  """config.loss with the defaults of configs/base.py, then `overrides`."""
-  defaults = base_config.get_config().loss.to_dict()
-  return ml_collections.ConfigDict({**defaults, "name": name, **overrides})
+  """config.loss with the loss's registered defaults, then `overrides`."""
+  return loss_hyperparameters(name, **overrides)
 
 
 def sigmoid(x):
@@ -93,9 +92,10 @@ def build(chosen, rejected, pos_w, pos_l, fill="garbage", seed=0, probs=None):
       ref_rejected_logps=get(rejected, pos_l, "ref"),
       prev_chosen_logps=get(chosen, pos_w, "prev"),
       prev_rejected_logps=get(rejected, pos_l, "prev"),
+  ).with_targets(
       chosen_token_rewards=get(chosen, pos_w, "reward"),
       rejected_token_rewards=get(rejected, pos_l, "reward"),
-      preference_probs=None if probs is None else jnp.asarray(probs, jnp.float32))
+      preference_prob=None if probs is None else jnp.asarray(probs, jnp.float32))
 
 
 # Fixture B (algorithms.md §0): one pair, chosen 4 tokens, rejected 6.
@@ -415,17 +415,17 @@ def test_dno_soft_with_certain_label_is_hard_and_symmetric_under_swap():
   cfg = loss_cfg("dno", beta=0.2)
   inputs = random_batch(seed=8)
   hard = float(get_loss("dno")(inputs, cfg)[0])
-  certain = float(get_loss("dno")(inputs.replace(preference_probs=jnp.ones(3)), cfg)[0])
+  certain = float(get_loss("dno")(inputs.with_targets(preference_prob=jnp.ones(3)), cfg)[0])
   np.testing.assert_allclose(certain, hard, rtol=1e-6)
   # Eq. 8 is symmetric in (y1, y2): swapping the slots and p -> 1 − p changes nothing.
   p = jnp.array([0.9, 0.3, 0.55])
-  soft = float(get_loss("dno")(inputs.replace(preference_probs=p), cfg)[0])
+  soft = float(get_loss("dno")(inputs.with_targets(preference_prob=p), cfg)[0])
   swapped = inputs.replace(
       policy_chosen_logps=inputs.policy_rejected_logps,
       policy_rejected_logps=inputs.policy_chosen_logps,
       chosen_mask=inputs.rejected_mask, rejected_mask=inputs.chosen_mask,
       prev_chosen_logps=inputs.prev_rejected_logps,
-      prev_rejected_logps=inputs.prev_chosen_logps, preference_probs=1.0 - p)
+      prev_rejected_logps=inputs.prev_chosen_logps).with_targets(preference_prob=1.0 - p)
   np.testing.assert_allclose(float(get_loss("dno")(swapped, cfg)[0]), soft, rtol=1e-6)
 
 
@@ -587,7 +587,7 @@ def test_t_reg_worked_numbers(alpha, expected):
 def test_t_reg_regularizer_primitive():
   inputs = t_reg_fixture()
   reg = t_reg_module.token_reward_regularizer(inputs.policy_rejected_logps,
-                                              inputs.rejected_token_rewards,
+                                              inputs.targets["rejected_token_rewards"],
                                               inputs.rejected_mask, 0.1)
   np.testing.assert_allclose(float(reg[0]), -0.0555654342, atol=1e-7)
 
@@ -622,8 +622,9 @@ def test_t_reg_alpha_zero_is_the_base_loss():
 
 def test_t_reg_zero_token_rewards_is_the_base_loss():
   inputs = random_batch(seed=14)
-  zero = inputs.replace(chosen_token_rewards=jnp.zeros_like(inputs.chosen_token_rewards),
-                        rejected_token_rewards=jnp.zeros_like(inputs.rejected_token_rewards))
+  zero = inputs.with_targets(
+      chosen_token_rewards=jnp.zeros_like(inputs.targets["chosen_token_rewards"]),
+      rejected_token_rewards=jnp.zeros_like(inputs.targets["rejected_token_rewards"]))
   np.testing.assert_allclose(float(get_loss("t_reg")(zero, loss_cfg("t_reg"))[0]),
                              float(get_loss("dpo")(inputs, loss_cfg("dpo"))[0]), rtol=1e-7)
 
@@ -651,7 +652,7 @@ def test_t_reg_sequence_weight_is_stop_gradient(base):
   np.testing.assert_allclose(gl[ml], base_l - alpha * w * beta * np.array(R_HAT_L), atol=1e-6)
   assert np.all(gw[~mw] == 0.0) and np.all(gl[~ml] == 0.0)
   # Token rewards are constants.
-  assert np.all(np.asarray(grads.chosen_token_rewards) == 0.0)
+  assert np.all(np.asarray(grads.targets["chosen_token_rewards"]) == 0.0)
 
 
 def test_t_reg_simpo_base_ignores_reference_dpo_base_needs_it():
@@ -664,7 +665,7 @@ def test_t_reg_simpo_base_ignores_reference_dpo_base_needs_it():
 
 
 def test_t_reg_rejects_missing_token_rewards():
-  inputs = random_batch().replace(rejected_token_rewards=None)
+  inputs = random_batch().with_targets(rejected_token_rewards=None)
   with pytest.raises(ValueError, match="token rewards"):
     get_loss("t_reg")(inputs, loss_cfg("t_reg"))
 
@@ -721,8 +722,9 @@ def test_init_values():
   np.testing.assert_allclose(at_init("inpo", inputs), (1 / (2 * 0.0075)) ** 2, rtol=1e-6)
   reg = lambda lp, r, m: -0.1 * np.where(np.asarray(m) > 0, np.asarray(r) * np.asarray(lp),
                                          0.0).sum(-1)
-  regs = (reg(inputs.policy_chosen_logps, inputs.chosen_token_rewards, inputs.chosen_mask)
-          + reg(inputs.policy_rejected_logps, inputs.rejected_token_rewards,
+  regs = (reg(inputs.policy_chosen_logps, inputs.targets["chosen_token_rewards"],
+              inputs.chosen_mask)
+          + reg(inputs.policy_rejected_logps, inputs.targets["rejected_token_rewards"],
                 inputs.rejected_mask))
   np.testing.assert_allclose(at_init("t_reg", inputs),
                              math.log(2.0) + 0.5 * 0.5 * regs.mean(), rtol=1e-6)

@@ -369,7 +369,7 @@ def test_make_oracle_and_verifier_for(runs):
   mesh = make_mesh(config.mesh)
   verifier = oracles.make_oracle(config, TOKENIZER, mesh)
   assert isinstance(verifier, oracles.VerifierOracle)
-  assert verifier.tau == config.loss.preference_tau and verifier.name == "verifier"
+  assert verifier.tau == config.online.verifier_tau and verifier.name == "verifier"
   config.online.scorer_path = runs["bt_reward"]
   config.online.scorer = "bt_reward"
   model = oracles.make_oracle(config, TOKENIZER, mesh)

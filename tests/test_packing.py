@@ -84,10 +84,10 @@ def test_packed_step_equals_the_unpacked_step(tmp_path, tfds_dir, loss, grad_acc
   config = micro_config(**{"data.data_dir": tfds_dir, "data.pack_rows": 12, "loss.name": loss,
                            "data.buckets": (64,), "grad_accum_steps": grad_accum})
   exp = experiment.build(config, str(tmp_path))
-  limits = dict(experiment._length_limits(config), process_count=processes)
   hosts = [pipeline.PreferenceBatcher(
-      exp.train_batches.pairs, None, batch_size=config.batch_size, seed=config.seed,
-      pack_rows=12, grad_accum_steps=grad_accum, **dict(limits, process_index=p))
+      exp.train_batches.pairs, batch_size=config.batch_size, seed=config.seed,
+      buckets=tuple(config.data.buckets), pack_rows=12, grad_accum_steps=grad_accum,
+      process_index=p, process_count=processes)
       for p in range(processes)]
   step = jax.jit(experiment.make_train_step_for(exp))
   results = []

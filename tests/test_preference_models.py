@@ -16,6 +16,7 @@ from algorithms import gpo as gpo_lib
 from algorithms import preference
 from models import ModelConfig, Transformer, param_partition_specs
 from models import heads
+from tests.conftest import loss_hyperparameters
 
 V1 = np.array([1.0, 2.0, -1.0, 0.5])
 V2 = np.array([0.5, -1.0, 2.0, 1.0])
@@ -30,10 +31,9 @@ def unit(v):
 
 
 def loss_cfg(name, **overrides):
-  defaults = dict(name=name, beta=0.1, label_smoothing=0.0, sft_weight=0.0,
-                  preference_tau=0.1, preference_margin=0.0, gpo_loss_type="sppo_score",
-                  gpo_target_clamp=1000.0)
-  return ml_collections.ConfigDict({**defaults, **overrides})
+  defaults = dict(beta=0.1, preference_tau=0.1, preference_margin=0.0,
+                  gpo_loss_type="sppo_score", gpo_target_clamp=1000.0)
+  return loss_hyperparameters(name, defaults, **overrides)
 
 
 def head_inputs(chosen, rejected, gates=None, pair_weights=None):
@@ -243,8 +243,9 @@ def gpo_inputs(chosen_target, rejected_target, seed=0, t=16):
   f32 = lambda x: jnp.asarray(x, jnp.float32)
   return LossInputs(policy_chosen_logps=f32(pc), policy_rejected_logps=f32(pr),
                     chosen_mask=f32(cm), rejected_mask=f32(rm), prev_chosen_logps=f32(qc),
-                    prev_rejected_logps=f32(qr), chosen_scores=f32([chosen_target]),
-                    rejected_scores=f32([rejected_target]))
+                    prev_rejected_logps=f32(qr),
+                    targets={"chosen_score": f32([chosen_target]),
+                             "rejected_score": f32([rejected_target])})
 
 
 @pytest.mark.parametrize("loss_type, beta, targets, expected", [
@@ -292,8 +293,8 @@ def test_gpo_requirements_validation_and_missing_inputs():
   inputs = gpo_inputs(S_W, S_L)
   with pytest.raises(ValueError, match="prev_chosen_logps"):
     get_loss("gpo")(inputs.replace(prev_chosen_logps=None), loss_cfg("gpo"))
-  with pytest.raises(ValueError, match="chosen_scores"):
-    get_loss("gpo")(inputs.replace(chosen_scores=None), loss_cfg("gpo"))
+  with pytest.raises(ValueError, match="chosen_score"):
+    get_loss("gpo")(inputs.with_targets(chosen_score=None), loss_cfg("gpo"))
 
 
 # ---------------------------------------------------------------------------------------

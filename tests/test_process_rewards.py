@@ -14,6 +14,7 @@ import pytest
 
 from algorithms import implicit_prm, prime
 from algorithms.base import LossInputs, get_algorithm
+from tests.conftest import loss_hyperparameters
 
 f32 = lambda x: jnp.asarray(x, jnp.float32)
 
@@ -52,9 +53,9 @@ GARBAGE = [np.inf, -np.inf, np.nan, 7.0, -3.0]
 
 
 def loss_cfg(name, **overrides):
-  defaults = dict(name=name, beta=BETA, label_smoothing=0.0, sft_weight=0.0,
-                  prm_objective="ce", ppo_clip=0.2, prm_beta=0.05, prime_rloo_form="code")
-  return ml_collections.ConfigDict({**defaults, **overrides})
+  defaults = dict(beta=BETA, prm_objective="ce", ppo_clip=0.2, prm_beta=0.05,
+                  prime_rloo_form="code")
+  return loss_hyperparameters(name, defaults, **overrides)
 
 
 def embed(rows, width, offsets, rng=None, garbage=True):
@@ -78,15 +79,17 @@ def prm_inputs(pad=3, width=16, garbage=True, with_wrong=False, labels=(1.0,),
   pol, mask = embed([PRM_POLICY] * n, width, [pad] * n, garbage=garbage)
   ref, _ = embed([PRM_REF] * n, width, [pad] * n, np.random.default_rng(1), garbage=garbage)
   fields = dict(policy_chosen_logps=f32(pol), ref_chosen_logps=f32(ref), chosen_mask=f32(mask),
-                chosen_labels=f32(labels), policy_rejected_logps=None, rejected_mask=None)
+                targets={"chosen_label": f32(labels)}, policy_rejected_logps=None,
+                rejected_mask=None)
   if with_wrong:
     wpol, wmask = embed([WRONG_POLICY] * n, width, [pad + 1] * n, np.random.default_rng(2),
                         garbage=garbage)
     wref, _ = embed([WRONG_REF] * n, width, [pad + 1] * n, np.random.default_rng(3),
                     garbage=garbage)
     fields.update(policy_rejected_logps=f32(wpol), ref_rejected_logps=f32(wref),
-                  rejected_mask=f32(wmask),
-                  rejected_labels=None if wrong_labels is None else f32(wrong_labels))
+                  rejected_mask=f32(wmask))
+    if wrong_labels is not None:
+      fields["targets"] = dict(fields["targets"], rejected_label=f32(wrong_labels))
   return LossInputs(**fields)
 
 
@@ -322,7 +325,7 @@ def test_prime_prm_ce_loss_worked_number_and_shared_path():
                                0.05)
   assert float(loss) == pytest.approx(PRIME_CE, abs=1e-6)
   inputs = LossInputs(policy_chosen_logps=f32(PRIME_Q + ref), ref_chosen_logps=f32(ref),
-                      chosen_mask=f32(PRIME_MASK), chosen_labels=f32(PRIME_ACC),
+                      chosen_mask=f32(PRIME_MASK), targets={"chosen_label": f32(PRIME_ACC)},
                       policy_rejected_logps=None, rejected_mask=None)
   same = implicit_prm.implicit_prm(inputs, loss_cfg("implicit_prm", beta=0.05))[0]
   assert float(same) == pytest.approx(float(loss), abs=1e-7)
@@ -484,16 +487,18 @@ def ppo_inputs(rng, batch=4, width=10, garbage=True, shift=0.0):
     junk = rng.choice(GARBAGE, size=mask.shape)
     old, new, adv = (np.where(mask > 0, x, junk).astype(np.float32) for x in (old, new, adv))
   return LossInputs(policy_chosen_logps=f32(new), prev_chosen_logps=f32(old),
-                    advantages=f32(adv), chosen_mask=f32(mask), policy_rejected_logps=None,
+                    targets={"chosen_advantages": f32(adv)}, chosen_mask=f32(mask),
+                    policy_rejected_logps=None,
                     rejected_mask=None)
 
 
 def test_ppo_ratio_one_is_policy_gradient():
   inputs = ppo_inputs(np.random.default_rng(9))
   mask = np.asarray(inputs.chosen_mask)
-  adv = np.where(mask > 0, np.asarray(inputs.advantages), 0.0)
+  adv = np.where(mask > 0, np.asarray(inputs.targets["chosen_advantages"]), 0.0)
   n = mask.sum()
-  fn = lambda logps: prime.ppo_clip_loss(logps, inputs.prev_chosen_logps, inputs.advantages,
+  fn = lambda logps: prime.ppo_clip_loss(logps, inputs.prev_chosen_logps,
+                                         inputs.targets["chosen_advantages"],
                                          inputs.chosen_mask, 0.2)
   (loss, metrics), g = jax.value_and_grad(fn, has_aux=True)(inputs.policy_chosen_logps)
   assert float(loss) == pytest.approx(-adv.sum() / n, abs=1e-6)
@@ -545,7 +550,7 @@ def test_prime_loss_pair_weights_drop_filler_rows():
 def test_prime_loss_needs_inputs():
   inputs = ppo_inputs(np.random.default_rng(12))
   with pytest.raises(ValueError, match="advantages"):
-    prime.prime(inputs.replace(advantages=None), loss_cfg("prime"))
+    prime.prime(inputs.with_targets(chosen_advantages=None), loss_cfg("prime"))
   with pytest.raises(ValueError, match="prev_chosen_logps"):
     prime.prime(inputs.replace(prev_chosen_logps=None), loss_cfg("prime"))
 

@@ -6,6 +6,7 @@ conftest.py (one layer, one bucket). They share the suite's persistent XLA compi
 instead of ~30 s on a 2-core CPU.
 """
 
+import dataclasses
 import gc
 import json
 import os
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 
 import algorithms
-from algorithms.base import chosen_nll
+from algorithms.common import chosen_nll
 from data import pipeline
 from tests.conftest import ROOT, micro_config
 from training import loop
@@ -314,7 +315,7 @@ def test_data_position_is_saved_and_a_changed_seed_is_refused(micro, tmp_path):
   assert saved["next_batch_example_ids"] == exp.train_batches.batch(3)["example_id"].tolist()
 
   other = micro_config(**{"data.data_dir": exp.config.data.data_dir, "seed": 1})
-  reseeded = experiment.make_batcher(other, exp.tokenizer, exp.train_source)
+  reseeded = experiment.make_batcher(other, exp.train_batches.pairs)
   with Checkpointer(directory, data_position=data_position_fn(reseeded)) as ckpt, \
       pytest.raises(CheckpointMismatchError, match="seed=0 but this run has seed=1"):
     ckpt.restore(_small_state())
@@ -416,7 +417,7 @@ def _nan_gradient_algorithm(base):
     loss, metrics = base.loss_fn(inputs, cfg)
     return loss + jnp.sqrt(0.0 * jnp.sum(inputs.policy_chosen_logps)), metrics
 
-  return algorithms.Algorithm("nan_grad", loss_fn, base.requirements, base.validate)
+  return dataclasses.replace(base, name="nan_grad", loss_fn=loss_fn)
 
 
 def test_skip_never_lets_a_nan_gradient_into_params(micro):
@@ -486,14 +487,16 @@ def _random_inputs(key, pairs=8, length=12):
       policy_chosen_logps=logps(keys[1]), policy_rejected_logps=logps(keys[2]),
       chosen_mask=masks[0], rejected_mask=masks[1], ref_chosen_logps=logps(keys[3]),
       ref_rejected_logps=logps(keys[4]), prev_chosen_logps=logps(keys[5]),
-      prev_rejected_logps=logps(keys[6]), preference_probs=unit(keys[7], (pairs,)),
-      chosen_scores=unit(keys[8], (pairs,)), rejected_scores=-unit(keys[9], (pairs,)),
-      chosen_token_rewards=(unit(keys[10], (pairs, length)) - 0.5) * masks[0],
-      rejected_token_rewards=(unit(keys[11], (pairs, length)) - 0.5) * masks[1],
-      chosen_labels=jnp.ones((pairs,)), rejected_labels=jnp.zeros((pairs,)),
+      prev_rejected_logps=logps(keys[6]),
       chosen_values=jax.random.normal(keys[12], (pairs, 4)),
       rejected_values=jax.random.normal(keys[13], (pairs, 4)),
-      advantages=jax.random.normal(keys[14], (pairs, length)) * masks[0])
+      targets={
+          "preference_prob": unit(keys[7], (pairs,)),
+          "chosen_score": unit(keys[8], (pairs,)), "rejected_score": -unit(keys[9], (pairs,)),
+          "chosen_token_rewards": (unit(keys[10], (pairs, length)) - 0.5) * masks[0],
+          "rejected_token_rewards": (unit(keys[11], (pairs, length)) - 0.5) * masks[1],
+          "chosen_label": jnp.ones((pairs,)), "rejected_label": jnp.zeros((pairs,)),
+          "chosen_advantages": jax.random.normal(keys[14], (pairs, length)) * masks[0]})
 
 
 def _micro_batches(inputs, k):
@@ -531,7 +534,8 @@ def _with_token_share(micro, inputs, k):
 def test_accumulation_average_is_exact_for_every_registered_loss(name):
   """The mean of k micro-batch gradients is the big-batch one, for pair means and, with the
   step's whole-batch token share, for token means (sft, SimPO's sft term, PRIME)."""
-  algorithm, cfg, k = algorithms.get_algorithm(name), micro_config().loss, 4
+  algorithm, k = algorithms.get_algorithm(name), 4
+  cfg = micro_config(**{"loss.name": name}).loss
   if name == "gpm":
     cfg.preference_tau = 1.0
   if name == "simpo":

@@ -202,7 +202,7 @@ def test_online_runs_refuse_drift_before_building(tmp_path):
   workdir = str(tmp_path)
   workdir_lib.record_config(config, workdir, {}, step=None)
   os.makedirs(os.path.join(workdir, "round_0"))
-  config.loss.inpo_eta = config.loss.inpo_eta  # unchanged fields pass
+  config.loss.beta = config.loss.beta  # unchanged fields pass
   config.online.num_samples = 8
   with pytest.raises(workdir_lib.ConfigDriftError, match=r"online.num_samples: 4 -> 8"):
     rounds.iterate(config, workdir)

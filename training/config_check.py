@@ -1,7 +1,8 @@
 """Rejects bad configs before any compute starts, with messages that name the field.
 
 ml_collections already refuses unknown keys and wrong types on command-line overrides; this
-module checks values and the relations between fields (batch vs mesh, lengths vs buckets).
+module checks values and the relations between fields (batch vs mesh, lengths vs buckets),
+with the same checks (algorithms/validation.py) as the losses' own hyperparameters.
 """
 
 from __future__ import annotations
@@ -12,21 +13,12 @@ import os
 import jax
 
 import algorithms
+from algorithms.validation import ConfigError, integer, number, one_of
+from algorithms.validation import require as _require
 from models.config import ATTENTION_IMPLS, REMAT_MODES
 from models.heads import GATE_FORMS
 
-
-class ConfigError(ValueError):
-  """A config value that cannot work; the message names the field."""
-
-
-def _require(condition: bool, message: str):
-  if not condition:
-    raise ConfigError(message)
-
-
-def _one_of(value, choices, field):
-  _require(value in choices, f"config.{field} must be one of {list(choices)}, got {value!r}")
+_one_of = one_of
 
 
 def _check_packing(config, batch_devices: int, process_count: int):
@@ -82,7 +74,8 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
   _require(config.batch_size % process_count == 0,
            f"config.batch_size={config.batch_size} must be divisible by the {process_count} "
            "processes")
-  _require(config.eval_batch_size > 0 and config.eval_batch_size % (data * fsdp) == 0,
+  integer(config.eval_batch_size, "eval_batch_size", low=1)
+  _require(config.eval_batch_size % (data * fsdp) == 0,
            f"config.eval_batch_size={config.eval_batch_size} must be a positive multiple of "
            f"data x fsdp = {data * fsdp}")
 
@@ -131,8 +124,9 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
            f"config.data.buckets must be integer lengths, got {buckets!r}")
   _require(len(buckets) > 0 and all(b > 0 for b in buckets) and list(buckets) == sorted(buckets),
            f"config.data.buckets must be increasing positive lengths, got {buckets}")
-  for field in ("log_every", "eval_batch_size"):
-    _require(config[field] > 0, f"config.{field} must be > 0, got {config[field]}")
+  _require(len(set(buckets)) == len(buckets),
+           f"config.data.buckets must be strictly increasing, got {buckets}")
+  _require(config.log_every > 0, f"config.log_every must be > 0, got {config.log_every}")
   for field in ("eval_every", "checkpoint_every"):
     _require(config[field] >= 0, f"config.{field} must be >= 0, got {config[field]}")
   _require(config.keep_checkpoints >= 1,
@@ -140,8 +134,6 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
 
   # Checks added with docs/reliability.md: everything below would otherwise fail only
   # after data loading or model init (or with a traceback that names no field).
-  _require(len(set(buckets)) == len(buckets),
-           f"config.data.buckets must be strictly increasing, got {buckets}")
   longest = d.max_prompt_len + d.max_completion_len
   _require(buckets[-1] >= longest,
            f"config.data.buckets: the largest bucket {buckets[-1]} is shorter than "
@@ -151,8 +143,7 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
            f"{process_count} processes")
   for field in ("learning_rate", "end_lr_factor", "weight_decay", "b1", "b2", "eps",
                 "grad_clip_norm"):
-    _require(math.isfinite(opt[field]),
-             f"config.optimizer.{field} must be a finite number, got {opt[field]}")
+    number(opt[field], f"optimizer.{field}")
   _check_allowed_changes(config)
   _check_export(config, algorithm.requirements, process_count)
   _check_data_modes(d)
@@ -192,8 +183,8 @@ def _check_algorithm_needs(config, needs, process_count: int):
              "reward is the verifier's correctness; use scorer 'verifier'")
   for field in ("rounds", "rollouts_per_round", "num_prompts", "max_new_tokens",
                 "eval_prompts"):
-    _require(isinstance(o[field], int) and o[field] >= 1,
-             f"config.online.{field} must be an integer >= 1, got {o[field]!r}")
+    integer(o[field], f"online.{field}", low=1)
+  number(o.verifier_tau, "online.verifier_tau", low=0.0, low_inclusive=False)
   _require(o.num_samples >= 2, f"config.online.num_samples must be >= 2 (pairs and "
            f"leave-one-out baselines need two responses), got {o.num_samples}")
   _require(o.temperature >= 0, f"config.online.temperature must be >= 0, got {o.temperature}")

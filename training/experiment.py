@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 import algorithms
 from data import pipeline
 from data import tfds_builders
+from data import tokenized_cache
 from data.tokenizer import load_tokenizer
 import models
 from training import config_check
@@ -49,7 +50,7 @@ class Experiment:
   train_source: object
   train_batches: object  # data.PreferenceBatcher
   eval_source: object
-  eval_batches: object  # data.EvalBatches over eval_source, tokenized once
+  eval_batches: object  # data.EvalBatches over eval_source's tokenized pairs
   schedule: object
   optimizer: object
 
@@ -131,53 +132,86 @@ def _shardings(mesh, specs):
                       is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
 
-def _length_limits(config) -> dict:
+def tokenize_limits(config) -> pipeline.TokenizeLimits:
+  """What tokenization keeps (config.data's limits and modes; the loss's
+  Requirements.unpaired says whether it trains on unpaired records)."""
   d = config.data
-  return dict(max_prompt_len=d.max_prompt_len, max_completion_len=d.max_completion_len,
-              buckets=tuple(d.buckets), process_index=jax.process_index(),
-              process_count=jax.process_count(), on_identical_pair=d.on_identical_pair,
-              on_long_prompt=d.on_long_prompt,
-              unpaired=algorithms.get_algorithm(config.loss.name).requirements.unpaired)
+  return pipeline.TokenizeLimits(
+      max_prompt_len=d.max_prompt_len, max_completion_len=d.max_completion_len,
+      on_identical_pair=d.on_identical_pair, on_long_prompt=d.on_long_prompt,
+      unpaired=algorithms.get_algorithm(config.loss.name).requirements.unpaired)
 
 
-def make_batcher(config, tokenizer, source) -> pipeline.PreferenceBatcher:
-  """Shuffled training batches; batch `s` depends on (seed, s) only."""
-  return pipeline.PreferenceBatcher(source, tokenizer, batch_size=config.batch_size,
-                                    seed=config.seed, pack_rows=config.data.get("pack_rows", 0),
+def _this_process() -> dict:
+  return dict(process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def make_batcher(config, pairs: pipeline.TokenizedPairs) -> pipeline.PreferenceBatcher:
+  """Shuffled training batches of `pairs`; batch `s` depends on (seed, s) only."""
+  return pipeline.PreferenceBatcher(pairs, batch_size=config.batch_size, seed=config.seed,
+                                    buckets=tuple(config.data.buckets),
+                                    pack_rows=config.data.get("pack_rows", 0),
                                     grad_accum_steps=config.grad_accum_steps,
-                                    **_length_limits(config))
+                                    **_this_process())
 
 
-def make_eval_batches(config, tokenizer, source) -> pipeline.EvalBatches:
-  """Every example of `source` once, in order, with `weight` 0 on filler rows."""
-  return pipeline.eval_batches(source, tokenizer, batch_size=config.eval_batch_size,
-                               **_length_limits(config))
+def make_eval_batches(config, pairs: pipeline.TokenizedPairs) -> pipeline.EvalBatches:
+  """Every pair of `pairs` once, in order, with `weight` 0 on filler rows."""
+  return pipeline.EvalBatches(pairs, batch_size=config.eval_batch_size,
+                              buckets=tuple(config.data.buckets), **_this_process())
+
+
+def _data_dir(config, workdir: str) -> str:
+  return config.data.data_dir or os.path.join(workdir, "tfds")
+
+
+def _space_check(data_dir: str):
+  """`check_space(needed)` for the caches under `data_dir`: refuses a disk without room."""
+  return lambda needed: workdir_lib.check_free_space(data_dir, needed, "the data cache")
+
+
+def _process_zero_first(load, barrier: str):
+  """`load()` on every process, process 0 first: the cache it fills is written once, by
+  process 0, while the others wait; then they (and process 0 again, cheaply) read it."""
+  if jax.process_count() == 1:
+    return load()
+  if jax.process_index() == 0:
+    load()
+  multihost_utils.sync_global_devices(barrier)
+  return load()
 
 
 def load_sources(config, workdir):
-  """(train, eval) random-access sources; process 0 prepares the TFDS cache first."""
+  """(train, eval) random-access text sources; process 0 prepares the TFDS cache first."""
   d = config.data
-  data_dir = d.data_dir or os.path.join(workdir, "tfds")
+  data_dir = _data_dir(config, workdir)
   if d.path:  # an eval split the path lacks is held out of its only split
     kwargs = dict(holdout=tfds_builders.Holdout(d.eval_split, d.eval_fraction, config.seed))
   else:
     kwargs = dict(num_train=d.synthetic_train_size, num_test=d.synthetic_test_size,
                   seed=config.seed)
 
-  def check_space(needed: int):
-    workdir_lib.check_free_space(data_dir, needed, "the data cache")
-
   def load():
     return tuple(tfds_builders.load_preference_source(d.path, split, data_dir,
-                                                      check_space=check_space, **kwargs)
+                                                      check_space=_space_check(data_dir),
+                                                      **kwargs)
                  for split in (d.train_split, d.eval_split))
 
-  if jax.process_count() == 1:
-    return load()
-  if jax.process_index() == 0:
-    load()
-  multihost_utils.sync_global_devices("tfds prepared")
-  return load()
+  return _process_zero_first(load, "tfds prepared")
+
+
+def load_pairs(config, workdir, tokenizer, sources) -> tuple[pipeline.TokenizedPairs, ...]:
+  """`sources` (from `load_sources`) tokenized, read from the tokenized cache beside them
+  when an earlier run of the same data, tokenizer and limits wrote it
+  (`data/tokenized_cache.py`); process 0 tokenizes and writes first."""
+  data_dir, limits = _data_dir(config, workdir), tokenize_limits(config)
+
+  def load():
+    return tuple(tokenized_cache.load_tokenized(source, tokenizer, limits, data_dir,
+                                                check_space=_space_check(data_dir))
+                 for source in sources)
+
+  return _process_zero_first(load, "tokenized splits prepared")
 
 
 def build(config, workdir: str) -> Experiment:
@@ -190,14 +224,14 @@ def build(config, workdir: str) -> Experiment:
     raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary "
                      f"is {model_config(config).vocab_size} (config.model.vocab_size)")
   train_source, eval_source = load_sources(config, workdir)
-  batcher = make_batcher(config, tokenizer, train_source)
-  # Dropped / truncated pairs are logged once per split; tokenizing the eval split here
-  # also surfaces its data errors (on_identical_pair="error") before any compute.
-  eval_batches = make_eval_batches(config, tokenizer, eval_source)
-  eval_stats = eval_batches.stats
-  for split, stats in ((config.data.train_split, batcher.stats),
-                       (config.data.eval_split, eval_stats)):
-    logging.info("data split %r: %s", split, stats.summary())
+  # Tokenizing the eval split here too surfaces its data errors (on_identical_pair="error")
+  # before any compute; the dropped / truncated pairs are logged once per split.
+  train_pairs, eval_pairs = load_pairs(config, workdir, tokenizer, (train_source, eval_source))
+  for split, pairs in ((config.data.train_split, train_pairs),
+                       (config.data.eval_split, eval_pairs)):
+    logging.info("data split %r: %s", split, pairs.stats.summary())
+  # Built before any compute, too: a split with fewer usable pairs than a batch is refused.
+  batcher, eval_batches = make_batcher(config, train_pairs), make_eval_batches(config, eval_pairs)
 
   needs = algorithm.requirements
   graphdef, params = init_params(config, mesh, needs.head)
@@ -207,9 +241,12 @@ def build(config, workdir: str) -> Experiment:
     # A copy, not an alias: the train step donates the policy params.
     ref_params = jax.tree.map(jnp.copy, params)
   if needs.token_rewards:
+    # T-REG: a pairs -> pairs step that needs the reference model, so it runs after it.
     from training.token_rewards import add_token_rewards  # local: T-REG only
-    for batches in (batcher, eval_batches):
-      batches.pairs = add_token_rewards(batches.pairs, graphdef, ref_params, tokenizer, config)
+    train_pairs, eval_pairs = (add_token_rewards(pairs, graphdef, ref_params, tokenizer, config)
+                               for pairs in (train_pairs, eval_pairs))
+    batcher = make_batcher(config, train_pairs)
+    eval_batches = make_eval_batches(config, eval_pairs)
   schedule = learning_rate_schedule(config.optimizer, config.total_steps)
   optimizer = make_optimizer(config.optimizer, config.total_steps)
   param_sharding = jax.tree.map(lambda x: x.sharding, params)

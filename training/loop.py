@@ -66,7 +66,7 @@ def _reference_cache(exp: Experiment, workdir: str) -> tuple[ReferenceCache, Ref
                      "source": [len(exp.train_source), len(exp.eval_source)]})
   logps_fn = jax.jit(lambda p, b: pair_logps(exp.graphdef, p, b, logp_options(config)))
   caches = []
-  for split, source in (("train", exp.train_source), ("eval", exp.eval_source)):
+  for split, pairs in (("train", exp.train_batches.pairs), ("eval", exp.eval_batches.pairs)):
     path = os.path.join(workdir, "reference_cache", f"{split}-{key}.npz")
     if os.path.exists(path):
       caches.append(ReferenceCache.load(path))
@@ -74,7 +74,7 @@ def _reference_cache(exp: Experiment, workdir: str) -> tuple[ReferenceCache, Ref
     logging.info("precomputing reference log-probs for the %s split -> %s", split, path)
     cache = ReferenceCache.compute(
         lambda b: logps_fn(exp.ref_params, put_batch(b, exp.mesh)),
-        make_eval_batches(config, exp.tokenizer, source),
+        make_eval_batches(config, pairs),
         gather=_whole_batch if jax.process_count() > 1 else jax.device_get)
     cache.save(path)
     caches.append(cache)

@@ -561,7 +561,7 @@ def make_oracle(config, tokenizer, mesh) -> Oracle:
   check_oracle_config(online)
   scorer = online.scorer
   if scorer == "verifier":
-    return VerifierOracle(tokenizer, tau=config.loss.preference_tau)
+    return VerifierOracle(tokenizer, tau=config.online.verifier_tau)
   if scorer == "judge":
     return CallableOracle(online.judge)
   oracle = PreferenceModelOracle.from_workdir(online.scorer_path, mesh)
@@ -580,7 +580,7 @@ def verifier_for(config, tokenizer) -> VerifierOracle | None:
   (`config.data.path == ""`); None for user data, which has no verifier."""
   if config.data.path:
     return None
-  return VerifierOracle(tokenizer, tau=config.loss.preference_tau)
+  return VerifierOracle(tokenizer, tau=config.online.verifier_tau)
 
 
 __all__ = ["ORACLES", "MODEL_ORACLES", "Candidates", "Judgement", "Oracle", "OracleError",

@@ -483,12 +483,11 @@ def update_prm(exp: Experiment, anchors: Anchors, rows: list[TokenizedPair],
     return checkpointer.restore(path, anchors.prm)
   note_progress(directory, "prm")
   config = exp.config
-  prm_cfg = config.loss.copy_and_resolve_references()
-  prm_cfg.update(beta=config.loss.prm_beta, prm_objective="ce")
+  prm_cfg = algorithms.loss_config("implicit_prm", beta=config.loss.prm_beta,
+                                   prm_objective="ce")
   plain = [dataclasses.replace(r, extras={"chosen_label": r.extras["chosen_label"]})
            for r in rows]
-  batches = make_batcher(config, exp.tokenizer,
-                         TokenizedPairs.from_pairs(plain, exp.tokenizer.pad_id))
+  batches = make_batcher(config, TokenizedPairs(plain, exp.tokenizer.pad_id))
   steps = batches.num_batches_per_epoch
   params, losses = train_side_model(exp, "implicit_prm", prm_cfg, config.optimizer, steps,
                                     anchors.prm, anchors.reference, batches)
@@ -504,9 +503,8 @@ def train_rollout(exp: Experiment, params, rows: list[TokenizedPair], directory:
                   stop_at: Optional[int] = None) -> tuple[PyTree, dict]:
   """`config.total_steps` updates of the shared loop on the rows, from `params` with a fresh
   optimizer (resumed from `directory/checkpoints`). Returns (trained params, fit summary)."""
-  batches = make_batcher(exp.config, exp.tokenizer,
-                         TokenizedPairs.from_pairs(rows, exp.tokenizer.pad_id,
-                                                   source_name=directory))
+  batches = make_batcher(exp.config,
+                         TokenizedPairs(rows, exp.tokenizer.pad_id, source_name=directory))
   note_progress(directory, "training")
   state, summary = fit(exp, fresh_state(exp, params), batches, directory, stop_at=stop_at)
   return state.params, summary

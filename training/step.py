@@ -35,7 +35,7 @@ import optax
 from flax import nnx
 
 from algorithms import Algorithm, LossInputs
-from algorithms.base import weighted_token_count
+from algorithms.common import weighted_token_count
 from training.fused_logprobs import completion_token_logps
 from training.logprobs import token_logps
 from training.shared_prompt import shared_prompt_token_logps
@@ -179,17 +179,15 @@ def head_values(graphdef, params, batch):
   return chosen, rejected, None if gates is None else _unstack(gates, batch)[0]
 
 
-# Batch arrays (data.pipeline.PAIR_FIELDS / TOKEN_FIELDS) -> the LossInputs field they fill.
-_EXTRA_FIELDS = {
-    "preference_prob": "preference_probs",
-    "chosen_score": "chosen_scores",
-    "rejected_score": "rejected_scores",
-    "chosen_label": "chosen_labels",
-    "rejected_label": "rejected_labels",
-    "chosen_token_rewards": "chosen_token_rewards",
-    "rejected_token_rewards": "rejected_token_rewards",
-    "chosen_advantages": "advantages",
-}
+def loss_targets(batch, needs) -> dict:
+  """The `LossInputs.targets`: each target the algorithm declares that the batch holds, under
+  the batch's own key (data/readers.py PAIR_FIELDS, TOKEN_FIELDS)."""
+  targets = {name: batch[name] for name in needs.targets if name in batch}
+  if needs.outcome_labels and "chosen_label" not in batch and "rejected_ids" in batch:
+    # Preference pairs without labels: the chosen answer is the correct one.
+    ones = jnp.ones(batch["chosen_ids"].shape[:1], jnp.float32)
+    targets.update(chosen_label=ones, rejected_label=jnp.zeros_like(ones))
+  return targets
 
 
 def loss_inputs(graphdef, params, ref_params, batch, algorithm: Algorithm,
@@ -203,15 +201,11 @@ def loss_inputs(graphdef, params, ref_params, batch, algorithm: Algorithm,
   `pair_logps` computes log-probs, for the policy and the frozen model alike.
   """
   needs = algorithm.requirements
-  extras = {field: batch[key] for key, field in _EXTRA_FIELDS.items() if key in batch}
-  if needs.outcome_labels and "chosen_label" not in batch and "rejected_ids" in batch:
-    # Preference pairs without labels: the chosen answer is the correct one.
-    ones = jnp.ones(batch["chosen_ids"].shape[:1], jnp.float32)
-    extras.update(chosen_labels=ones, rejected_labels=jnp.zeros_like(ones))
   masks = dict(chosen_mask=batch["chosen_loss_mask"],
                rejected_mask=batch.get("rejected_loss_mask"),
                pair_weights=batch.get("weight"),
-               chosen_token_count=batch.get("chosen_token_count"), **extras)
+               chosen_token_count=batch.get("chosen_token_count"),
+               targets=loss_targets(batch, needs))
   if needs.head != "lm":
     chosen, rejected, gates = head_values(graphdef, params, batch)
     return LossInputs(policy_chosen_logps=None, policy_rejected_logps=None,

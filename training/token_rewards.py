@@ -47,7 +47,8 @@ def _completion_logps(logps: np.ndarray, pairs, side: str) -> list[np.ndarray]:
 
 def add_token_rewards(pairs: TokenizedPairs, graphdef, ref_params, tokenizer,
                       config) -> TokenizedPairs:
-  """`pairs` with T-REG's r̂ for every chosen and rejected completion token."""
+  """`pairs` with T-REG's r̂ for every chosen and rejected completion token: a pairs -> pairs
+  step, applied before the batchers are built (`training.experiment.build`)."""
   prefixes = {"better": tokenizer.encode(config.t_reg.better_prefix),
               "worse": tokenizer.encode(config.t_reg.worse_prefix)}
   num_special = 0 if tokenizer.bos_id is None else 1
@@ -71,8 +72,7 @@ def add_token_rewards(pairs: TokenizedPairs, graphdef, ref_params, tokenizer,
       extras = dict(pair.extras, **{f"{side}_token_rewards": rewards[side][n]
                                     for side in rewards})
       out.append(dataclasses.replace(pair, extras=extras))
-  return TokenizedPairs.from_pairs(out, pairs.pad_id, source_name=pairs.source_name,
-                                   stats=pairs.stats)
+  return pairs.with_pairs(out)
 
 
 def _rewards(better: list[np.ndarray], worse: list[np.ndarray]) -> list[np.ndarray]:

@@ -21,7 +21,6 @@ import optax
 import algorithms
 from algorithms.base import LossInputs
 from verification.tabular import Pairs, TreeSpace
-from configs import base as base_config
 
 CRITERIA = ("within", "at_most", "at_least")
 
@@ -78,12 +77,10 @@ def timed(worlds: Callable[[], Iterator[WorldResult]]) -> list[WorldResult]:
 
 
 def loss_config(name: str, **keys):
-  """`configs.base.get_config().loss` with `name` and `keys` set, validated by the registry."""
-  cfg = base_config.get_config().loss
-  cfg.name = name
-  for k, v in keys.items():
-    cfg[k] = v
-  algorithms.get_algorithm(name).validate(cfg)
+  """The registered loss's `config.loss` (its defaults) with `keys` set, validated."""
+  algorithm = algorithms.get_algorithm(name)
+  cfg = algorithm.loss_config(**keys)
+  algorithm.validate(cfg)
   return cfg
 
 
@@ -104,11 +101,12 @@ def normalized_weights(weights) -> jax.Array:
 
 def pair_inputs(space: TreeSpace, pairs: Pairs, policy: jax.Array, *,
                 ref: Optional[jax.Array] = None, prev: Optional[jax.Array] = None,
-                weights=None, **fields) -> LossInputs:
+                weights=None, **targets) -> LossInputs:
   """LossInputs for `pairs` from per-response token arrays [R, T] (chosen/rejected rows).
 
-  `weights` defaults to `pairs.weights`; they are normalised to mean 1. Extra `fields` are
-  passed to LossInputs as they are (already per pair).
+  `weights` defaults to `pairs.weights`; they are normalised to mean 1. Keyword `targets`
+  (already per pair, by the data's names: "preference_prob", "chosen_score", ...) become
+  `LossInputs.targets`.
   """
   c = jnp.asarray(pairs.chosen)
   r = jnp.asarray(pairs.rejected)
@@ -124,7 +122,7 @@ def pair_inputs(space: TreeSpace, pairs: Pairs, policy: jax.Array, *,
       ref_chosen_logps=ref_c, ref_rejected_logps=ref_r,
       prev_chosen_logps=prev_c, prev_rejected_logps=prev_r,
       pair_weights=normalized_weights(pairs.weights if weights is None else weights),
-      **fields)
+      targets=targets)
 
 
 def adam(objective: Callable[..., jax.Array], params: jax.Array, *args, steps: int,

@@ -123,7 +123,7 @@ def dno_round_objective(pref: np.ndarray, eta: float):
     prev = tabular.token_log_probs(space, theta_t)
     win = pref_j @ _policy(space, theta_t)  # r_t(y) = P(y ≻ π_t)
     inputs = pair_inputs(space, pairs, tabular.token_log_probs(space, theta), prev=prev,
-                         preference_probs=jax.nn.sigmoid(win[ca] - win[cb]))
+                         preference_prob=jax.nn.sigmoid(win[ca] - win[cb]))
     return loss(inputs, cfg)[0]
 
   return space, objective
@@ -300,8 +300,8 @@ def gpo_worlds() -> Iterator[WorldResult]:
     pi_t = _policy(space, theta_t)
     s_hat = 2.0 * (table_j @ pi_t) / GPO_TAU
     inputs = pair_inputs(space, pairs, tabular.token_log_probs(space, theta), prev=prev,
-                         weights=pi_t[ca] * pi_t[cb], chosen_scores=s_hat[ca],
-                         rejected_scores=s_hat[cb])
+                         weights=pi_t[ca] * pi_t[cb], chosen_score=s_hat[ca],
+                         rejected_score=s_hat[cb])
     return loss(inputs, cfg)[0]
 
   policies = run_rounds(space, objective, np.zeros(space.num_edges), GPO_ROUNDS,

@@ -93,8 +93,7 @@ def implicit_prm_worlds() -> Iterator[WorldResult]:
             policy_chosen_logps=tok[rows], policy_rejected_logps=None,
             chosen_mask=mask[rows], rejected_mask=None,
             ref_chosen_logps=garbage_padded(sp, world.ref_tokens)[rows],
-            chosen_labels=jnp.asarray(world.labels)[rows],
-            chosen_step_ends=jnp.asarray(world.step_ends)[rows],
+            targets={"chosen_label": jnp.asarray(world.labels)[rows]},
             pair_weights=normalized_weights(world.ref[rows]))
         return loss(inputs, cfg)[0]
     else:
@@ -226,7 +225,7 @@ def prime_worlds() -> Iterator[WorldResult]:
       tok = garbage_padded(sp, tabular.token_log_probs(sp, t))[rows]
       inputs = LossInputs(policy_chosen_logps=tok, policy_rejected_logps=None,
                           chosen_mask=m, rejected_mask=None, prev_chosen_logps=old,
-                          chosen_labels=labels, advantages=adv)
+                          targets={"chosen_label": labels, "chosen_advantages": adv})
       return loss(inputs, cfg)[0]
 
     g_theta = jax.grad(policy_loss)(theta)

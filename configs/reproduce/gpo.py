@@ -79,7 +79,7 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.loss.gpo_loss_type = "sppo_score"  # LLM-Alignment scripts: LOSS_TYPE sppo_score
   config.loss.beta = 0.001  # scripts: BETA=0.001 (SPPO pipeline.sh)
   config.loss.gpo_target_clamp = 1000.0  # scripts: CLAMP_THRES=1000
-  config.loss.preference_tau = 0.1  # GPM general_preference_tau 0.1 (algorithms.md §5.1)
+  # The scorer's τ is the GPM run's own loss.preference_tau (0.1, algorithms.md §5.1).
   config.data.max_prompt_len = 1024  # [unverified: not recovered]
   config.data.max_completion_len = 2048  # = max_new_tokens [unverified]
   config.data.buckets = reproduce.buckets(1024, 2048)  # padding only [unverified: our choice]
