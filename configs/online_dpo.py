@@ -8,16 +8,9 @@ Presets (`--config=configs/online_dpo.py:PRESET`, run with `python -m experiment
         term on the chosen responses (loss.sft_weight = 1, see configs/online.py).
 """
 
-from configs import base, online
+from configs import base, dno
 
-
-def tiny(config):
-  online.pairwise_nll(online.tiny_rounds(config))
-  config.loss.beta = 0.1
-  return config
-
-
-PRESETS = {"tiny": tiny}
+PRESETS = dno.PRESETS  # the same task, rounds and NLL term; only the anchor differs
 
 
 def get_config(preset: str = "tiny"):
