@@ -8,7 +8,6 @@ inf and NaN) under mask 0.
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
