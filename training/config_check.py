@@ -13,12 +13,9 @@ import os
 import jax
 
 import algorithms
-from algorithms.validation import ConfigError, integer, number, one_of
-from algorithms.validation import require as _require
+from algorithms.validation import ConfigError, integer, number, one_of, require
 from models.config import ATTENTION_IMPLS, REMAT_MODES
 from models.heads import GATE_FORMS
-
-_one_of = one_of
 
 
 def _check_packing(config, batch_devices: int, process_count: int):
@@ -26,21 +23,21 @@ def _check_packing(config, batch_devices: int, process_count: int):
   rows = config.data.get("pack_rows", 0)
   if not rows:
     return
-  _require(0 < rows <= 2 * config.batch_size,
-           f"config.data.pack_rows must be in [0, 2 * batch_size = {2 * config.batch_size}], "
-           f"got {rows}")
+  require(0 < rows <= 2 * config.batch_size,
+          f"config.data.pack_rows must be in [0, 2 * batch_size = {2 * config.batch_size}], "
+          f"got {rows}")
   k = config.grad_accum_steps
-  _require(rows % (batch_devices * k) == 0 and rows % (process_count * k) == 0,
-           f"config.data.pack_rows={rows} must be divisible by the mesh's data x fsdp = "
-           f"{batch_devices} devices x grad_accum_steps = {k} and by the {process_count} "
-           f"processes x {k} (each process's micro-batches pack into their own rows, split "
-           f"evenly over the devices)")
-  _require(not config.model.get("share_prompt", False),
-           "config.data.pack_rows and config.model.share_prompt are two layouts of the same "
-           "forward; set one of them")
-  _require(config.model.get("logits_on", "all") == "all",
-           "config.data.pack_rows projects every position (model.logits_on='all'), got "
-           f"model.logits_on={config.model.logits_on!r}")
+  require(rows % (batch_devices * k) == 0 and rows % (process_count * k) == 0,
+          f"config.data.pack_rows={rows} must be divisible by the mesh's data x fsdp = "
+          f"{batch_devices} devices x grad_accum_steps = {k} and by the {process_count} "
+          f"processes x {k} (each process's micro-batches pack into their own rows, split "
+          f"evenly over the devices)")
+  require(not config.model.get("share_prompt", False),
+          "config.data.pack_rows and config.model.share_prompt are two layouts of the same "
+          "forward; set one of them")
+  require(config.model.get("logits_on", "all") == "all",
+          "config.data.pack_rows projects every position (model.logits_on='all'), got "
+          f"model.logits_on={config.model.logits_on!r}")
 
 
 def validate(config, *, num_devices: int | None = None, process_count: int | None = None):
@@ -54,13 +51,13 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
   num_devices = jax.device_count() if num_devices is None else num_devices
   process_count = jax.process_count() if process_count is None else process_count
 
-  _require(config.total_steps > 0, f"config.total_steps must be > 0, got {config.total_steps}")
-  _require(config.batch_size > 0, f"config.batch_size must be > 0, got {config.batch_size}")
-  _require(config.grad_accum_steps >= 1,
-           f"config.grad_accum_steps must be >= 1, got {config.grad_accum_steps}")
-  _require(config.batch_size % config.grad_accum_steps == 0,
-           f"config.batch_size={config.batch_size} must be divisible by "
-           f"config.grad_accum_steps={config.grad_accum_steps}")
+  require(config.total_steps > 0, f"config.total_steps must be > 0, got {config.total_steps}")
+  require(config.batch_size > 0, f"config.batch_size must be > 0, got {config.batch_size}")
+  require(config.grad_accum_steps >= 1,
+          f"config.grad_accum_steps must be >= 1, got {config.grad_accum_steps}")
+  require(config.batch_size % config.grad_accum_steps == 0,
+          f"config.batch_size={config.batch_size} must be divisible by "
+          f"config.grad_accum_steps={config.grad_accum_steps}")
 
   from training.mesh import mesh_shape  # local: keeps this module import-light
   try:
@@ -68,79 +65,79 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
   except ValueError as e:
     raise ConfigError(str(e)) from None
   micro = config.batch_size // config.grad_accum_steps
-  _require(micro % (data * fsdp) == 0,
-           f"the micro-batch of {micro} pairs (config.batch_size / config.grad_accum_steps) must "
-           f"be divisible by the mesh's data x fsdp = {data * fsdp} devices")
-  _require(config.batch_size % process_count == 0,
-           f"config.batch_size={config.batch_size} must be divisible by the {process_count} "
-           "processes")
+  require(micro % (data * fsdp) == 0,
+          f"the micro-batch of {micro} pairs (config.batch_size / config.grad_accum_steps) must "
+          f"be divisible by the mesh's data x fsdp = {data * fsdp} devices")
+  require(config.batch_size % process_count == 0,
+          f"config.batch_size={config.batch_size} must be divisible by the {process_count} "
+          "processes")
   integer(config.eval_batch_size, "eval_batch_size", low=1)
-  _require(config.eval_batch_size % (data * fsdp) == 0,
-           f"config.eval_batch_size={config.eval_batch_size} must be a positive multiple of "
-           f"data x fsdp = {data * fsdp}")
+  require(config.eval_batch_size % (data * fsdp) == 0,
+          f"config.eval_batch_size={config.eval_batch_size} must be a positive multiple of "
+          f"data x fsdp = {data * fsdp}")
 
   _check_packing(config, data * fsdp, process_count)
 
   opt = config.optimizer
-  _require(opt.learning_rate >= 0, f"config.optimizer.learning_rate must be >= 0, got "
-           f"{opt.learning_rate}")
-  _require(0 <= opt.warmup_steps <= config.total_steps,
-           f"config.optimizer.warmup_steps must be in [0, total_steps={config.total_steps}], "
-           f"got {opt.warmup_steps}")
-  _one_of(opt.decay, ("cosine", "linear", "constant"), "optimizer.decay")
-  _require(0 <= opt.end_lr_factor <= 1, "config.optimizer.end_lr_factor must be in [0, 1]")
-  _require(opt.weight_decay >= 0, "config.optimizer.weight_decay must be >= 0")
-  _require(0 <= opt.b1 < 1 and 0 <= opt.b2 < 1, "config.optimizer.b1/b2 must be in [0, 1)")
-  _require(opt.eps > 0, "config.optimizer.eps must be > 0")
-  _require(opt.grad_clip_norm >= 0, "config.optimizer.grad_clip_norm must be >= 0 (0 = off)")
+  require(opt.learning_rate >= 0, f"config.optimizer.learning_rate must be >= 0, got "
+          f"{opt.learning_rate}")
+  require(0 <= opt.warmup_steps <= config.total_steps,
+          f"config.optimizer.warmup_steps must be in [0, total_steps={config.total_steps}], "
+          f"got {opt.warmup_steps}")
+  one_of(opt.decay, ("cosine", "linear", "constant"), "optimizer.decay")
+  require(0 <= opt.end_lr_factor <= 1, "config.optimizer.end_lr_factor must be in [0, 1]")
+  require(opt.weight_decay >= 0, "config.optimizer.weight_decay must be >= 0")
+  require(0 <= opt.b1 < 1 and 0 <= opt.b2 < 1, "config.optimizer.b1/b2 must be in [0, 1)")
+  require(opt.eps > 0, "config.optimizer.eps must be > 0")
+  require(opt.grad_clip_norm >= 0, "config.optimizer.grad_clip_norm must be >= 0 (0 = off)")
 
-  _one_of(config.reference.mode, ("in_step", "precomputed"), "reference.mode")
-  _one_of(config.nonfinite, ("skip", "halt"), "nonfinite")
-  _one_of(config.model.dtype, ("float32", "bfloat16", "float16"), "model.dtype")
-  _one_of(config.model.param_dtype, ("float32", "bfloat16"), "model.param_dtype")
-  _one_of(config.model.remat, REMAT_MODES, "model.remat")
+  one_of(config.reference.mode, ("in_step", "precomputed"), "reference.mode")
+  one_of(config.nonfinite, ("skip", "halt"), "nonfinite")
+  one_of(config.model.dtype, ("float32", "bfloat16", "float16"), "model.dtype")
+  one_of(config.model.param_dtype, ("float32", "bfloat16"), "model.param_dtype")
+  one_of(config.model.remat, REMAT_MODES, "model.remat")
   # XLA:CPU has no pinned host memory apart from the device's own to offload to.
-  _require(config.model.remat != "offload" or jax.default_backend() != "cpu",
-           "config.model.remat='offload' moves saved activations to pinned host memory, "
-           "which only GPU and TPU backends have; on CPU use 'dots' or 'nothing'")
-  _one_of(config.model.get("attention_impl", "custom_vjp"), ATTENTION_IMPLS,
-          "model.attention_impl")
-  _one_of(config.model.get("logits_on", "all"), ("all", "completion"), "model.logits_on")
+  require(config.model.remat != "offload" or jax.default_backend() != "cpu",
+          "config.model.remat='offload' moves saved activations to pinned host memory, "
+          "which only GPU and TPU backends have; on CPU use 'dots' or 'nothing'")
+  one_of(config.model.get("attention_impl", "custom_vjp"), ATTENTION_IMPLS,
+         "model.attention_impl")
+  one_of(config.model.get("logits_on", "all"), ("all", "completion"), "model.logits_on")
   if not config.model.init_from:
     for field in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                   "num_kv_heads"):
       value = config.model[field]
-      _require(value > 0, f"config.model.{field} must be > 0, got {value}")
-    _require(config.model.num_heads % config.model.num_kv_heads == 0,
-             f"config.model.num_heads={config.model.num_heads} must be a multiple of "
-             f"config.model.num_kv_heads={config.model.num_kv_heads}")
+      require(value > 0, f"config.model.{field} must be > 0, got {value}")
+    require(config.model.num_heads % config.model.num_kv_heads == 0,
+            f"config.model.num_heads={config.model.num_heads} must be a multiple of "
+            f"config.model.num_kv_heads={config.model.num_kv_heads}")
 
   d = config.data
-  _require(d.max_prompt_len > 0, f"config.data.max_prompt_len must be > 0, got {d.max_prompt_len}")
-  _require(d.max_completion_len > 0,
-           f"config.data.max_completion_len must be > 0, got {d.max_completion_len}")
+  require(d.max_prompt_len > 0, f"config.data.max_prompt_len must be > 0, got {d.max_prompt_len}")
+  require(d.max_completion_len > 0,
+          f"config.data.max_completion_len must be > 0, got {d.max_completion_len}")
   buckets = tuple(d.buckets)
-  _require(all(isinstance(b, int) and not isinstance(b, bool) for b in buckets),
-           f"config.data.buckets must be integer lengths, got {buckets!r}")
-  _require(len(buckets) > 0 and all(b > 0 for b in buckets) and list(buckets) == sorted(buckets),
-           f"config.data.buckets must be increasing positive lengths, got {buckets}")
-  _require(len(set(buckets)) == len(buckets),
-           f"config.data.buckets must be strictly increasing, got {buckets}")
-  _require(config.log_every > 0, f"config.log_every must be > 0, got {config.log_every}")
+  require(all(isinstance(b, int) and not isinstance(b, bool) for b in buckets),
+          f"config.data.buckets must be integer lengths, got {buckets!r}")
+  require(len(buckets) > 0 and all(b > 0 for b in buckets) and list(buckets) == sorted(buckets),
+          f"config.data.buckets must be increasing positive lengths, got {buckets}")
+  require(len(set(buckets)) == len(buckets),
+          f"config.data.buckets must be strictly increasing, got {buckets}")
+  require(config.log_every > 0, f"config.log_every must be > 0, got {config.log_every}")
   for field in ("eval_every", "checkpoint_every"):
-    _require(config[field] >= 0, f"config.{field} must be >= 0, got {config[field]}")
-  _require(config.keep_checkpoints >= 1,
-           f"config.keep_checkpoints must be >= 1, got {config.keep_checkpoints}")
+    require(config[field] >= 0, f"config.{field} must be >= 0, got {config[field]}")
+  require(config.keep_checkpoints >= 1,
+          f"config.keep_checkpoints must be >= 1, got {config.keep_checkpoints}")
 
   # Checks added with docs/reliability.md: everything below would otherwise fail only
   # after data loading or model init (or with a traceback that names no field).
   longest = d.max_prompt_len + d.max_completion_len
-  _require(buckets[-1] >= longest,
-           f"config.data.buckets: the largest bucket {buckets[-1]} is shorter than "
-           f"max_prompt_len + max_completion_len = {longest}, so a sequence might not fit")
-  _require(config.eval_batch_size % process_count == 0,
-           f"config.eval_batch_size={config.eval_batch_size} must be divisible by the "
-           f"{process_count} processes")
+  require(buckets[-1] >= longest,
+          f"config.data.buckets: the largest bucket {buckets[-1]} is shorter than "
+          f"max_prompt_len + max_completion_len = {longest}, so a sequence might not fit")
+  require(config.eval_batch_size % process_count == 0,
+          f"config.eval_batch_size={config.eval_batch_size} must be divisible by the "
+          f"{process_count} processes")
   for field in ("learning_rate", "end_lr_factor", "weight_decay", "b1", "b2", "eps",
                 "grad_clip_norm"):
     number(opt[field], f"optimizer.{field}")
@@ -156,69 +153,69 @@ def _check_algorithm_needs(config, needs, process_count: int):
   """What the algorithm's Requirements ask of the run: heads, an online round."""
   if needs.head == "gpm":
     k2 = config.preference_model.value_dim
-    _require(isinstance(k2, int) and k2 >= 2 and k2 % 2 == 0,
-             f"config.preference_model.value_dim must be an even number >= 2 (the GPM "
-             f"embedding is k 2x2 blocks), got {k2!r}")
-    _one_of(config.preference_model.gate_form, GATE_FORMS, "preference_model.gate_form")
+    require(isinstance(k2, int) and k2 >= 2 and k2 % 2 == 0,
+            f"config.preference_model.value_dim must be an even number >= 2 (the GPM "
+            f"embedding is k 2x2 blocks), got {k2!r}")
+    one_of(config.preference_model.gate_form, GATE_FORMS, "preference_model.gate_form")
   if needs.head == "bt_reward":
     pm = config.preference_model
-    _require(not pm.normalize and not pm.prompt_head,
-             f"config.preference_model.normalize={pm.normalize!r} and prompt_head="
-             f"{pm.prompt_head!r}: both are GPM options; set them to False for loss "
-             f"'bt_reward'")
+    require(not pm.normalize and not pm.prompt_head,
+            f"config.preference_model.normalize={pm.normalize!r} and prompt_head="
+            f"{pm.prompt_head!r}: both are GPM options; set them to False for loss "
+            f"'bt_reward'")
   if needs.online is None:
     return
   o = config.online
-  _require(process_count == 1, "online algorithms run on one process for now (the round "
-           "samples on process 0's devices); use a single-host mesh")
-  _require(config.reference.mode == "in_step", "config.reference.mode='precomputed' does "
-           "not apply to online algorithms: each round stores its frozen models' log-probs "
-           "with its rows")
-  _require(not config.data.path, f"config.data.path={config.data.path!r}: online rounds run "
-           "on the built-in task for now (its verifier scores or evaluates every round)")
+  require(process_count == 1, "online algorithms run on one process for now (the round "
+          "samples on process 0's devices); use a single-host mesh")
+  require(config.reference.mode == "in_step", "config.reference.mode='precomputed' does "
+          "not apply to online algorithms: each round stores its frozen models' log-probs "
+          "with its rows")
+  require(not config.data.path, f"config.data.path={config.data.path!r}: online rounds run "
+          "on the built-in task for now (its verifier scores or evaluates every round)")
   from training import oracles  # local: oracles load models, config_check must stay light
   oracles.check_oracle_config(o)
   if needs.online.rows == "groups":
-    _require(o.scorer == "verifier", f"config.online.scorer={o.scorer!r}: PRIME's outcome "
-             "reward is the verifier's correctness; use scorer 'verifier'")
+    require(o.scorer == "verifier", f"config.online.scorer={o.scorer!r}: PRIME's outcome "
+            "reward is the verifier's correctness; use scorer 'verifier'")
   for field in ("rounds", "rollouts_per_round", "num_prompts", "max_new_tokens",
                 "eval_prompts"):
     integer(o[field], f"online.{field}", low=1)
   number(o.verifier_tau, "online.verifier_tau", low=0.0, low_inclusive=False)
-  _require(o.num_samples >= 2, f"config.online.num_samples must be >= 2 (pairs and "
-           f"leave-one-out baselines need two responses), got {o.num_samples}")
-  _require(o.temperature >= 0, f"config.online.temperature must be >= 0, got {o.temperature}")
-  _require(o.eval_temperature >= 0,
-           f"config.online.eval_temperature must be >= 0, got {o.eval_temperature}")
-  _require(o.sft_steps >= 0, f"config.online.sft_steps must be >= 0, got {o.sft_steps}")
-  _require(math.isfinite(o.min_margin) and 0 <= o.min_margin < 1,
-           f"config.online.min_margin must be in [0, 1) (a win-rate margin), got "
+  require(o.num_samples >= 2, f"config.online.num_samples must be >= 2 (pairs and "
+          f"leave-one-out baselines need two responses), got {o.num_samples}")
+  require(o.temperature >= 0, f"config.online.temperature must be >= 0, got {o.temperature}")
+  require(o.eval_temperature >= 0,
+          f"config.online.eval_temperature must be >= 0, got {o.eval_temperature}")
+  require(o.sft_steps >= 0, f"config.online.sft_steps must be >= 0, got {o.sft_steps}")
+  require(math.isfinite(o.min_margin) and 0 <= o.min_margin < 1,
+          f"config.online.min_margin must be in [0, 1) (a win-rate margin), got "
            f"{o.min_margin}")
   if needs.online.rows != "best_worst":
     for flag in ("teacher", "soft_labels", "min_margin"):
-      _require(not o[flag], f"config.online.{flag}={o[flag]!r} applies to best/worst pairs "
-               f"(online_dpo, dno, inpo), not to loss {config.loss.name!r}")
+      require(not o[flag], f"config.online.{flag}={o[flag]!r} applies to best/worst pairs "
+              f"(online_dpo, dno, inpo), not to loss {config.loss.name!r}")
   if o.soft_labels:
-    _require(config.loss.name == "dno", "config.online.soft_labels=True is DNO's soft form "
-             f"(Alg. 1); loss {config.loss.name!r} reads no soft labels")
+    require(config.loss.name == "dno", "config.online.soft_labels=True is DNO's soft form "
+            f"(Alg. 1); loss {config.loss.name!r} reads no soft labels")
   low, high = o.accuracy_range
-  _require(0 <= low <= high <= 1,
-           f"config.online.accuracy_range must be 0 <= low <= high <= 1, got {o.accuracy_range}")
-  _require(o.max_new_tokens <= config.data.max_completion_len,
-           f"config.online.max_new_tokens={o.max_new_tokens} must be <= "
-           f"config.data.max_completion_len={config.data.max_completion_len} (the sampled "
-           "responses are batched like the data's completions)")
+  require(0 <= low <= high <= 1,
+          f"config.online.accuracy_range must be 0 <= low <= high <= 1, got {o.accuracy_range}")
+  require(o.max_new_tokens <= config.data.max_completion_len,
+          f"config.online.max_new_tokens={o.max_new_tokens} must be <= "
+          f"config.data.max_completion_len={config.data.max_completion_len} (the sampled "
+          "responses are batched like the data's completions)")
 
 
 def _check_export(config, needs, process_count: int):
   if config.get("export", {}).get("hf_dir"):
-    _require(needs.head == "lm",
-             f"config.export.hf_dir: a {config.loss.name!r} run trains a model with a "
-             f"{needs.head} head, which has no Hugging Face causal-LM class to export to")
-    _require(process_count == 1,
-             f"config.export.hf_dir: a run on {process_count} processes cannot write the "
-             "whole model from one; export it afterwards on one host with "
-             "`python -m experiments.export --workdir=... --out=...`")
+    require(needs.head == "lm",
+            f"config.export.hf_dir: a {config.loss.name!r} run trains a model with a "
+            f"{needs.head} head, which has no Hugging Face causal-LM class to export to")
+    require(process_count == 1,
+            f"config.export.hf_dir: a run on {process_count} processes cannot write the "
+            "whole model from one; export it afterwards on one host with "
+            "`python -m experiments.export --workdir=... --out=...`")
 
 
 def _check_allowed_changes(config):
@@ -226,16 +223,16 @@ def _check_allowed_changes(config):
 
   fields = flatten(config.to_dict())
   for name in allowed_changes(config):
-    _require(any(f == name or f.startswith(name + ".") for f in fields),
-             f"config.resume.allow_changes: {name!r} is not a config field (a dotted path such "
-             "as loss.beta or a section such as optimizer)")
+    require(any(f == name or f.startswith(name + ".") for f in fields),
+            f"config.resume.allow_changes: {name!r} is not a config field (a dotted path such "
+            "as loss.beta or a section such as optimizer)")
 
 
 def _check_data_modes(d):
   from data import pipeline  # local: keeps this module import-light
 
-  _one_of(d.on_identical_pair, pipeline.IDENTICAL_PAIR_MODES, "data.on_identical_pair")
-  _one_of(d.on_long_prompt, pipeline.LONG_PROMPT_MODES, "data.on_long_prompt")
+  one_of(d.on_identical_pair, pipeline.IDENTICAL_PAIR_MODES, "data.on_identical_pair")
+  one_of(d.on_long_prompt, pipeline.LONG_PROMPT_MODES, "data.on_long_prompt")
 
 
 def _check_data_source(config):
@@ -245,18 +242,18 @@ def _check_data_source(config):
 
   d = config.data
   fraction = d.eval_fraction
-  _require(isinstance(fraction, (int, float)) and math.isfinite(fraction) and 0 <= fraction < 1,
-           f"config.data.eval_fraction must be in [0, 1), got {fraction!r}")
+  require(isinstance(fraction, (int, float)) and math.isfinite(fraction) and 0 <= fraction < 1,
+          f"config.data.eval_fraction must be in [0, 1), got {fraction!r}")
   if not d.path:  # the built-in task
     for field in ("train_split", "eval_split"):
-      _one_of(d[field], ("train", "test", "validation"), f"data.{field} (built-in task)")
+      one_of(d[field], ("train", "test", "validation"), f"data.{field} (built-in task)")
     for field in ("synthetic_train_size", "synthetic_test_size"):
-      _require(d[field] > 0, f"config.data.{field} must be > 0, got {d[field]}")
-    _require(d.synthetic_train_size >= config.batch_size,
-             f"config.data.synthetic_train_size={d.synthetic_train_size} must be >= "
-             f"config.batch_size={config.batch_size}")
+      require(d[field] > 0, f"config.data.{field} must be > 0, got {d[field]}")
+    require(d.synthetic_train_size >= config.batch_size,
+            f"config.data.synthetic_train_size={d.synthetic_train_size} must be >= "
+            f"config.batch_size={config.batch_size}")
     return
-  _require(os.path.exists(d.path), f"config.data.path: {d.path} does not exist")
+  require(os.path.exists(d.path), f"config.data.path: {d.path} does not exist")
   for field in ("train_split", "eval_split"):
     if field == "eval_split" and fraction > 0 and (
         readers.held_out_of(d.path, d.eval_split) == d.train_split):
@@ -273,24 +270,24 @@ def _check_model_source(config):
   tok = config.data.tokenizer
   if tok:
     file = tok if os.path.basename(tok) == "tokenizer.json" else os.path.join(tok, "tokenizer.json")
-    _require(os.path.isfile(file), f"config.data.tokenizer: {file} not found (expected a "
-             "Hugging Face tokenizer directory with tokenizer.json)")
+    require(os.path.isfile(file), f"config.data.tokenizer: {file} not found (expected a "
+            "Hugging Face tokenizer directory with tokenizer.json)")
   src = config.model.init_from
   if not src:
     m = config.model
     for field in ("rms_norm_eps", "rope_theta", "max_position_embeddings"):
-      _require(m[field] > 0, f"config.model.{field} must be > 0, got {m[field]}")
-    _require(m.head_dim is None or m.head_dim > 0,
-             f"config.model.head_dim must be > 0 (or None), got {m.head_dim}")
+      require(m[field] > 0, f"config.model.{field} must be > 0, got {m[field]}")
+    require(m.head_dim is None or m.head_dim > 0,
+            f"config.model.head_dim must be > 0 (or None), got {m.head_dim}")
     return
-  _require(os.path.isdir(src), f"config.model.init_from: {src} is not a directory (expected a "
-           "Hugging Face checkpoint directory with config.json and *.safetensors)")
+  require(os.path.isdir(src), f"config.model.init_from: {src} is not a directory (expected a "
+          "Hugging Face checkpoint directory with config.json and *.safetensors)")
   cfg_file = os.path.join(src, "config.json")
-  _require(os.path.isfile(cfg_file), f"config.model.init_from: {cfg_file} not found")
+  require(os.path.isfile(cfg_file), f"config.model.init_from: {cfg_file} not found")
   from models.hf import INDEX_FILE, SINGLE_FILE, load_hf_config
 
-  _require(any(os.path.isfile(os.path.join(src, f)) for f in (SINGLE_FILE, INDEX_FILE)),
-           f"config.model.init_from: no {SINGLE_FILE} or {INDEX_FILE} in {src}")
+  require(any(os.path.isfile(os.path.join(src, f)) for f in (SINGLE_FILE, INDEX_FILE)),
+          f"config.model.init_from: no {SINGLE_FILE} or {INDEX_FILE} in {src}")
   try:
     load_hf_config(src)
   except (OSError, ValueError, KeyError, TypeError) as e:
