@@ -43,8 +43,11 @@ REMAT_MODES = ('none', 'block', 'dots', 'nothing', 'offload')
 # passes of models/kernels.py (faster on XLA:CPU), 'autodiff' the plain formulas.
 KERNEL_IMPLS = ('custom_vjp', 'autodiff')
 # Attention also runs through `jax.nn.dot_product_attention` ('dot_product': cuDNN flash
-# attention on NVIDIA GPUs where it applies, XLA elsewhere; kernels.dot_product_attention).
-ATTENTION_IMPLS = KERNEL_IMPLS + ('dot_product',)
+# attention on NVIDIA GPUs where it applies, XLA elsewhere; kernels.dot_product_attention),
+# or the Pallas TPU flash-attention kernel ('pallas': TPU only, refused elsewhere;
+# 'pallas_interpret': the same kernel in Pallas's TPU interpret mode on any backend, slow,
+# for tests; kernels.pallas_attention).
+ATTENTION_IMPLS = KERNEL_IMPLS + ('dot_product', 'pallas', 'pallas_interpret')
 ROPE_SCALING_TYPES = ('llama3', 'linear', 'longrope')
 _LLAMA3_KEYS = (
     'factor',
@@ -171,9 +174,12 @@ class ModelConfig:
     mlp_impl: 'custom_vjp' (models/kernels.py) or 'autodiff'; the same
       maths, only the backward pass differs.
     attention_impl: one of ATTENTION_IMPLS: 'custom_vjp' or 'autodiff' as
-      mlp_impl, or 'dot_product' (`jax.nn.dot_product_attention`). Attention
-      with attn_logit_softcapping always runs the autodiff formula (neither
-      the custom kernel nor `jax.nn.dot_product_attention` soft-caps).
+      mlp_impl, 'dot_product' (`jax.nn.dot_product_attention`), 'pallas' (the
+      Pallas TPU flash-attention kernel; a TPU only) or 'pallas_interpret'
+      (that kernel interpreted, any backend, slow). Attention with
+      attn_logit_softcapping always runs the autodiff formula (none of the
+      custom kernel, `jax.nn.dot_product_attention` and the Pallas kernel
+      soft-caps).
     attention_query_blocks: causal query blocks of the custom-VJP attention
       (block i only meets keys before its end; 1 = one full block).
     architecture: one of ARCHITECTURES; decides the HF class and tensor

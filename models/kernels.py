@@ -292,3 +292,147 @@ def dot_product_attention(q, k, v, mask, *, scale: float | None = None,
       query, k, v, mask=mask[:, None, :, :], scale=scale, is_causal=t == s,
       implementation=implementation)  # [B, T, N, H]
   return out.reshape(b, t, kv, g, h)
+
+
+# ----------------------------------------------------------------------------
+# Attention through the Pallas TPU flash-attention kernel.
+
+# The masked entries of the additive bias that carries the model's mask into the Pallas
+# kernel, in units of the scaled scores (the bias is this / scale: the kernel computes
+# (q·k + ab)·scale). Large enough that exp(score − 1e6 − row max) underflows to exactly 0
+# for any real score (|scaled score| < 1e5), small enough that rounding stays small: with
+# ab ~ −0.1·float32 max, a row the bias masks entirely (padding queries) gave NaN outputs,
+# and NaN in dk and dv through the backward's rowsum(dO ⊙ O), on XLA:CPU in interpret mode
+# when the scale was not a power of two (c = 8^-0.5; not 1/2 or 1/4): ab·c and the row max
+# it is compared with were rounded differently, an error of ~1e22 inside the exp.
+_BIAS_MASK_VALUE = -1e6
+# The kernel's tiles are multiples of 128 along the sequences (its MIN_BLOCK_SIZE) and its
+# head_dim is at most 128 or a multiple of it.
+PALLAS_BLOCK = 128
+
+
+def _round_up(x: int, multiple: int) -> int:
+  return -(-x // multiple) * multiple
+
+
+def pallas_attention(q, k, v, mask, *, scale: float | None = None,
+                     block_size: int = PALLAS_BLOCK, interpret: bool = False):
+  """Grouped-query attention through the Pallas TPU flash-attention kernel (no soft-capping).
+
+  Shapes as `attention_reference`: q [B, T, K, G, H], k/v [B, S, K, H], mask [B or 1, T, S]
+  bool -> [B, T, K, G, H]; the queries are the last T of the S key positions.
+
+  The kernel is `jax.experimental.pallas.ops.tpu.flash_attention.flash_attention` (jax
+  0.10.2): q [B, N, T, H], k/v [B, N, S, H], an optional additive bias `ab` [B, N, T, S],
+  optional segment ids (q [B, T], kv [B, S]), `causal` (index-causal from the top-left
+  corner: query t sees keys <= t), `sm_scale`, tile sizes; its own custom VJP (backward
+  kernels for dq and dk/dv, recomputing the probabilities from the saved row max and sum).
+  What it expresses natively, and what is used of it:
+    GQA           none (one kv head per query head): k/v are repeated G times to
+                  [B, N = K·G, S, H] (query head n -> kv head n // G, the model's grouping;
+                  autodiff of the repeat sums the G gradients back), G× their memory.
+    causal        right only when T == S: passed then, so that the kernel skips the tiles
+                  above the diagonal (about half the FLOPs); redundant with `ab`.
+    segment ids   equality of ids only (packing, and key padding as id 0), but the model
+                  hands `_attend` the dense mask, not the ids: not used.
+    windows, T < S, left padding
+                  no native form (no window; the causal flag is top-left aligned, wrong for
+                  the last T of S keys): in `ab`.
+    ab            the dense mask as a bias: 0 where `mask`, `_BIAS_MASK_VALUE` / scale
+                  elsewhere (−10⁶ on the scaled scores: exp of it is exactly 0 next to any
+                  real score), bf16 [B, N, T, S] (materialised per head, the kernel checks
+                  that shape):
+                  every mask the model builds is exact this way: causal, left/right key
+                  padding, packed segments, sliding windows counted in RoPE positions, a
+                  completion after a shared prompt's keys (T < S). The kernel also writes the
+                  bias's gradient [B, N, T, S] in the backward, which is dropped.
+    soft-capping  none: Gemma 2's layers take the autodiff formula (`models.llama.Attention`
+                  falls back automatically).
+  Splash attention (`...ops.tpu.splash_attention`) has native GQA and segment ids but a
+  static mask (numpy, fixed at trace time): the model's data-dependent masks cannot be
+  passed to it under jit, so it is not used.
+
+  Tiling: the sequences are zero-padded at the end to multiples of `block_size` (T to Tp,
+  S to Sp; the kernel needs the key length divisible by its tiles and its tiles multiples of
+  128), padded keys masked and padded queries sliced off; with T == S both pad alike, so
+  the causal flag stays right. head_dim H > 128 that is not a multiple of 128 is zero-padded
+  to one (zeros add nothing to q·k, and the padded output columns are sliced off).
+  A query that sees no key at all (padding) gets a softmax over the keys the kernel itself
+  does not mask (its causal ones when T == S, all Sp when T < S), all biased alike, rather
+  than `attention_reference`'s uniform average over the S keys; such rows are never read.
+
+  The scale multiplies the float32 scores inside the kernel (`sm_scale`, after the bias is
+  added), as in `attention_reference`.
+
+  Args:
+    q, k, v, mask: as above.
+    scale: the factor on q·k (default H^-1/2).
+    block_size: the kernel's query and key tiles, forward and backward (a multiple of 128).
+    interpret: run the kernel in Pallas's TPU interpret mode (`pltpu.force_tpu_interpret_mode`,
+      any backend, slow: tests). Otherwise it compiles with Mosaic, which needs a TPU; on
+      another backend this raises a ValueError naming `config.model.attention_impl`.
+  """
+  if not interpret and jax.default_backend() != 'tpu':
+    raise ValueError(
+        f"config.model.attention_impl='pallas' compiles the Pallas TPU flash-attention "
+        f"kernel, which needs a TPU (this backend is {jax.default_backend()!r}); use "
+        f"'dot_product', 'custom_vjp' or 'autodiff', or 'pallas_interpret' to run the kernel "
+        f"in Pallas's (slow) TPU interpret mode")
+  if block_size % PALLAS_BLOCK:
+    raise ValueError(f'block_size={block_size} must be a multiple of {PALLAS_BLOCK}.')
+  from jax.experimental.pallas.ops.tpu import flash_attention as flash  # TPU-only module
+
+  b, t, kv, g, h = q.shape
+  s = k.shape[1]
+  scale = h ** -0.5 if scale is None else float(scale)
+  tp, sp = _round_up(t, block_size), _round_up(s, block_size)
+  hp = h if h <= PALLAS_BLOCK else _round_up(h, PALLAS_BLOCK)
+  # Head-major layouts of the kernel, zero-padded: q [B, N, Tp, Hp], k/v [B, N, Sp, Hp].
+  query = jnp.pad(q.reshape(b, t, kv * g, h).transpose(0, 2, 1, 3),
+                  ((0, 0), (0, 0), (0, tp - t), (0, hp - h)))
+  pad_kv = lambda x: jnp.repeat(
+      jnp.pad(x.transpose(0, 2, 1, 3), ((0, 0), (0, 0), (0, sp - s), (0, hp - h))), g, axis=1)
+  key, value = pad_kv(k), pad_kv(v)
+  keep = jnp.pad(jnp.broadcast_to(mask, (b, t, s)), ((0, 0), (0, tp - t), (0, sp - s)))
+  bias = jnp.where(keep, 0.0, _BIAS_MASK_VALUE / scale).astype(jnp.bfloat16)
+  bias = jnp.broadcast_to(bias[:, None], (b, kv * g, tp, sp))  # [B, N, Tp, Sp]
+  blocks = flash.BlockSizes(
+      block_q=block_size, block_k_major=block_size, block_k=block_size, block_b=1,
+      block_q_major_dkv=block_size, block_k_major_dkv=block_size, block_k_dkv=block_size,
+      block_q_dkv=block_size, block_k_major_dq=block_size, block_k_dq=block_size,
+      block_q_dq=block_size)
+  kernel = functools.partial(flash.flash_attention, causal=t == s, sm_scale=scale,
+                             block_sizes=blocks)
+  out = (_interpreted(query, key, value, bias, kernel) if interpret
+         else kernel(query, key, value, bias))  # [B, N, Tp, Hp]
+  return out[:, :, :t, :h].transpose(0, 2, 1, 3).reshape(b, t, kv, g, h)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _interpreted(q, k, v, ab, kernel):
+  """kernel(q, k, v, ab) traced under Pallas's TPU interpret mode, its backward too.
+
+  The mode is a trace-time setting: the kernel's own VJP traces its backward kernels when
+  the caller transposes (after this function has returned), so the backward re-enters the
+  mode here, through the pullback saved by the forward.
+  """
+  from jax.experimental.pallas import tpu as pltpu
+  with pltpu.force_tpu_interpret_mode():
+    return kernel(q, k, v, ab)
+
+
+def _interpreted_fwd(q, k, v, ab, kernel):
+  from jax.experimental.pallas import tpu as pltpu
+  with pltpu.force_tpu_interpret_mode():
+    out, pullback = jax.vjp(kernel, q, k, v, ab)
+  return out, pullback
+
+
+def _interpreted_bwd(kernel, pullback, dout):
+  del kernel
+  from jax.experimental.pallas import tpu as pltpu
+  with pltpu.force_tpu_interpret_mode():
+    return pullback(dout)
+
+
+_interpreted.defvjp(_interpreted_fwd, _interpreted_bwd)

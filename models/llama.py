@@ -250,8 +250,8 @@ class Attention(nnx.Module):
     self.dtype = config.compute_dtype
     self.scale = config.attention_scale
     self.softcap = config.attn_logit_softcapping
-    # Neither the custom-VJP kernel nor jax.nn.dot_product_attention soft-caps: Gemma 2
-    # layers take the autodiff formula whatever attention_impl says.
+    # Neither the custom-VJP kernel, jax.nn.dot_product_attention nor the Pallas kernel
+    # soft-caps: Gemma 2 layers take the autodiff formula whatever attention_impl says.
     self.impl = config.attention_impl if self.softcap is None else 'autodiff'
     self.query_blocks = config.attention_query_blocks
     self.q_proj = _param(rngs, (d, n, h), pdt, ('embed', 'heads', 'head_dim'))
@@ -314,6 +314,10 @@ class Attention(nnx.Module):
       out = kernels.attention(q, k, v, mask, self.query_blocks, scale=self.scale)
     elif self.impl == 'dot_product':
       out = kernels.dot_product_attention(q, k, v, mask, scale=self.scale)
+    elif self.impl in ('pallas', 'pallas_interpret'):
+      # TPU flash attention; 'pallas_interpret' runs it in Pallas's interpret mode (tests).
+      out = kernels.pallas_attention(q, k, v, mask, scale=self.scale,
+                                     interpret=self.impl == 'pallas_interpret')
     else:
       out = kernels.attention_reference(q, k, v, mask, scale=self.scale,
                                         softcap=self.softcap)  # [B, T, K, G, H]
