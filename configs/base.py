@@ -106,6 +106,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.online.rounds = 3  # R rounds; the policy is evaluated after each (and before: π_0)
   config.online.rollouts_per_round = 1  # PRIME: one policy update phase per fresh rollout
   config.online.num_prompts = 64  # train-split prompts sampled for each rollout
+  # Which: "resample" (a fresh seeded choice each rollout) or "partition" (one seeded
+  # permutation of the split cut into disjoint slices, rollout r the r-th: DNO's and SPPO's
+  # per-iteration prompt sets)
+  config.online.prompt_order = "resample"
   config.online.num_samples = 4  # K responses per prompt
   config.online.temperature = 1.0
   # The built-in task's verifier as an oracle: P(y ≻ y') = σ((r − r') / verifier_tau) of its
@@ -169,7 +173,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Speed knobs (docs/performance.md); none changes the maths. Read by models.ModelConfig
   # (the three *_impl / blocks fields, random-init runs) and experiments/benchmark.py.
   config.model.mlp_impl = "custom_vjp"  # "custom_vjp" (models/kernels.py) | "autodiff"
-  # "custom_vjp" | "autodiff" | "dot_product" (jax.nn.dot_product_attention: cuDNN on GPU)
+  # "custom_vjp" | "autodiff" | "dot_product" (jax.nn.dot_product_attention: cuDNN on GPU) |
+  # "pallas" (the Pallas TPU flash-attention kernel; TPU only) | "pallas_interpret" (tests)
   config.model.attention_impl = "custom_vjp"
   config.model.attention_query_blocks = 4  # causal query blocks of the custom attention
   config.model.logp_chunk_size = 0  # >0: lm_head + logsumexp over chunks of positions

@@ -30,7 +30,10 @@ with ``pad_id``):
   aligned with the completion and 0 elsewhere.
 
 A pair may have no rejected side (``rejected=None``: PRIME's sampled
-responses, unpaired records); a batch of such pairs has no ``rejected_*`` arrays.
+responses, unpaired records); a batch of such pairs has no ``rejected_*`` arrays. A record
+of the prompt-only layout (``chosen`` None too) is kept only with
+``TokenizeLimits.prompts_only`` (an online run, which samples the responses), as a pair
+with an empty ``chosen`` and no ``rejected``.
 Unpaired records (``rejected`` None, the label in ``chosen_label``) are refused
 unless the loss trains on them (``unpaired``, see ``UNPAIRED_MODES``).
 
@@ -90,6 +93,10 @@ LONG_PROMPT_MODES = ("truncate", "drop")
 # needs pairs and refuses them): "all" keeps every response with its label (implicit PRM's
 # CE), "desirable" only those labelled true (SFT).
 UNPAIRED_MODES = ("all", "desirable")
+_PROMPT_ONLY_REFUSED = (
+    "a prompt without responses (the prompt-only layout), which only the online losses "
+    "(online_dpo, dno, inpo, gpo, prime: `python -m experiments.iterate`) read; this loss "
+    "trains on given responses")
 _UNPAIRED_REFUSED = (
     "an unpaired record (prompt/completion/label), but this loss trains on preference pairs: "
     "give prompt/chosen/rejected records, or train with loss 'sft' (its desirable "
@@ -169,7 +176,9 @@ class TokenizeLimits:
   ``max_prompt_len`` / ``max_completion_len``: the segments' longest lengths (see the module
   docstring); ``on_identical_pair`` (``IDENTICAL_PAIR_MODES``) and ``on_long_prompt``
   (``LONG_PROMPT_MODES``): what happens to such pairs; ``unpaired``: None refuses unpaired
-  records, else one of ``UNPAIRED_MODES``.
+  records, else one of ``UNPAIRED_MODES``; ``prompts_only``: whether records without
+  responses (a prompt set) are kept, as pairs with an empty ``chosen``: only the online
+  rounds, which sample the responses, read them.
   """
 
   max_prompt_len: int
@@ -177,6 +186,7 @@ class TokenizeLimits:
   on_identical_pair: str = "drop"
   on_long_prompt: str = "truncate"
   unpaired: str | None = None
+  prompts_only: bool = False
 
   def __post_init__(self):
     _check_mode(self.on_identical_pair, IDENTICAL_PAIR_MODES, "on_identical_pair")
@@ -293,7 +303,10 @@ def _fit(tokens: _Tokens, record: Mapping, limits: TokenizeLimits, bos: int | No
   """One record cut to ``limits``: ((prompt, chosen, rejected) ids, or None when the record
   is dropped; the ``SplitStats`` counters it adds to). ``where(field)`` locates errors."""
   p, c, r = tokens.prompt, tokens.chosen, tokens.rejected
-  if r is None:
+  if c is None:
+    if not limits.prompts_only:
+      raise DataError(f"{where('chosen')}: missing: {_PROMPT_ONLY_REFUSED}")
+  elif r is None:
     if limits.unpaired is None:
       raise DataError(f"{where('chosen')}: missing: {_UNPAIRED_REFUSED}")
     if limits.unpaired == "desirable" and not record.get("chosen_label", 1.0) > 0.5:
@@ -315,6 +328,8 @@ def _fit(tokens: _Tokens, record: Mapping, limits: TokenizeLimits, bos: int | No
       return None, ["dropped_long_prompt", "dropped"]
     counts.append("truncated_prompt")
     p = p[len(p) - prompt_budget:]  # keep the end
+  if c is None:  # a prompt alone: kept with an empty completion
+    return (head + list(p), [], None), counts
   sides = [_with_eos(x, eos, tokens.templated) for x in (c, r) if x is not None]
   if any(len(x) > limits.max_completion_len for x in sides):
     counts.append("truncated_completion")
@@ -372,13 +387,16 @@ def _tokenize_chunk(chunk: list[Mapping], tokenizer: Tokenizer, start: int,
 def _text_tokens(records: list[Mapping], tokenizer: Tokenizer) -> list[_Tokens]:
   """Prompt and completions of text records, each tokenized on its own."""
   prompts = _encode_many(tokenizer, [r["prompt"] for r in records])
-  chosens = _encode_many(tokenizer, [r["chosen"] for r in records])
-  paired = [i for i, r in enumerate(records) if r["rejected"] is not None]
-  rejecteds: list = [None] * len(records)
-  for i, ids in zip(paired, _encode_many(tokenizer, [records[i]["rejected"] for i in paired])):
-    rejecteds[i] = ids
-  return [_Tokens(list(p), list(c), None if r is None else list(r), False)
-          for p, c, r in zip(prompts, chosens, rejecteds)]
+
+  def encode(side):  # None where a record has no such response
+    given = [i for i, r in enumerate(records) if r[side] is not None]
+    out: list = [None] * len(records)
+    for i, ids in zip(given, _encode_many(tokenizer, [records[i][side] for i in given])):
+      out[i] = list(ids)
+    return out
+
+  return [_Tokens(list(p), c, r, False)
+          for p, c, r in zip(prompts, encode("chosen"), encode("rejected"))]
 
 
 def _render(template, messages, add_generation_prompt: bool, where: str) -> str:

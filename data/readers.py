@@ -30,8 +30,13 @@ Record layouts (README.md, "Data layouts", has the table):
   messages) and a boolean ``label``: one response, desirable or not. Its
   ``rejected`` is None and the label travels as ``chosen_label`` (1 / 0); which
   losses train on such records is the pipeline's business
-  (``data.pipeline.UNPAIRED_MODES``). A split holds pairs or unpaired records,
-  not both.
+  (``data.pipeline.UNPAIRED_MODES``);
+* prompts only (TRL's prompt-only layout, the prompt sets of online methods:
+  RLHFlow's iterative prompts, Eurus-2-RL-Data): ``prompt`` (a string or
+  messages) and no response; ``chosen`` and ``rejected`` are None. Only the
+  online rounds read them (they sample the responses).
+
+A split holds one layout.
 
 Conversations are kept as messages (``record["messages"]``: the prompt's
 messages and each completion's) for ``data.pipeline``, which renders them with
@@ -52,6 +57,11 @@ finite numbers, or null for "not given". They reach the batches unchanged. A
 field of ``TOKEN_FIELDS`` in a file is an error (per-token values cannot be
 aligned with a tokenizer's tokens from text), not silently dropped.
 
+Every layout may carry a reference ``answer`` (a string or a number: GSM8K's ``#### 42``
+solution line, MATH's ``\\boxed{...}``, a bare value), kept as text; the online rounds'
+verifier checks sampled answers against it (``training.oracles.VerifierOracle``,
+``data.math_answers``).
+
 Every problem raises ``DataError`` naming the file, the line (JSONL, and JSON
 syntax errors) or record index, and the field.
 """
@@ -69,7 +79,8 @@ from data.errors import DataError, locate
 
 # Bump whenever parsing or rendering changes the produced text: it is mixed
 # into the TFDS cache key of local datasets (see data.tfds_builders).
-READER_VERSION = "3"  # 2: PAIR_FIELDS are read; 3: messages kept, HH, UltraFeedback, unpaired
+# 2: PAIR_FIELDS are read; 3: messages kept, HH, UltraFeedback, unpaired; 4: `answer` kept
+READER_VERSION = "4"
 
 EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
 ROLES = ("system", "user", "assistant")
@@ -79,8 +90,8 @@ _FIELDS = ("prompt", "chosen", "rejected", "completion")
 HH_ASSISTANT = "\n\nAssistant:"
 # UltraFeedback-binarized's names for PAIR_FIELDS.
 _FIELD_ALIASES = {"score_chosen": "chosen_score", "score_rejected": "rejected_score"}
-_LAYOUTS_HINT = ("expected prompt/chosen/rejected (preference pairs) or prompt/completion/label "
-                 "(unpaired records)")
+_LAYOUTS_HINT = ("expected prompt/chosen/rejected (preference pairs), prompt/completion/label "
+                 "(unpaired records) or a prompt alone (online rounds)")
 # Optional numbers of a record that travel with its pair into batches as [B] float arrays:
 # outcome labels (implicit PRM, PRIME), an oracle's preference probability (DNO's soft
 # form) and per-response regression targets (GPO / SPPO).
@@ -306,6 +317,21 @@ def _label(record: dict, file, line, index) -> float:
   raise DataError(f"{where}: must be true or false, got {value!r}")
 
 
+def _prompt_only(record: dict, file, line, index) -> dict:
+  """A prompt without responses (the prompt sets of online methods): its text (a
+  conversation in the built-in format, with the generation header) and 'chosen' /
+  'rejected' None."""
+  prompt = record["prompt"]
+  if isinstance(prompt, list):
+    messages = _messages(prompt, file, line, index, "prompt")
+    return {"prompt": render_messages(messages) + GENERATION_HEADER, "chosen": None,
+            "rejected": None, "messages": {"prompt": messages, "chosen": None, "rejected": None}}
+  text = _as_text(prompt, file, line, index, "prompt")
+  if not text.strip():
+    raise DataError(f"{locate(file, line=line, record=index, field='prompt')}: empty")
+  return {"prompt": text, "chosen": None, "rejected": None}
+
+
 def _unpaired(record: dict, file, line, index) -> dict:
   """TRL's unpaired (KTO) layout: prompt / completion / label, text or messages."""
   label = _label(record, file, line, index)
@@ -339,9 +365,12 @@ def normalize_record(record, *, file: str, line: int | None = None,
   if not isinstance(record, dict):
     raise DataError(f"{locate(file, line=line, record=index)}: a record must be an "
                     f"object, got {type(record).__name__}")
-  numbers = _numbers(record, file, line, index)
+  numbers = {**_numbers(record, file, line, index), **_answer(record, file, line, index)}
   if record.get("chosen") is None and record.get("completion") is not None:
     return {**numbers, **_unpaired(record, file, line, index)}
+  if all(record.get(f) is None for f in ("chosen", "rejected", "completion")) and (
+      record.get("prompt") is not None):
+    return {**numbers, **_prompt_only(record, file, line, index)}
   for field in ("chosen", "rejected"):
     if record.get(field) is None:
       raise DataError(f"{locate(file, line=line, record=index, field=field)}: missing "
@@ -376,6 +405,28 @@ def _numbers(record: dict, file, line, index) -> dict:
       raise DataError(f"{where(alias)}: given with {field!r}, its other name; give one")
     named, alias_of[field] = {**named, field: record[alias]}, alias
   return pair_numbers(named, lambda field: where(alias_of.get(field, field)))
+
+
+def _answer(record: dict, file, line, index) -> dict:
+  """{'answer': text} when the record gives a reference answer (a non-empty string or a
+  finite number) as `answer`, or as `reward_model.ground_truth` (Eurus-2-RL-Data's layout,
+  PRIME's data), else {}."""
+  value, field = record.get("answer"), "answer"
+  nested = record.get("reward_model")
+  if value is None and isinstance(nested, dict) and nested.get("ground_truth") is not None:
+    value, field = nested["ground_truth"], "reward_model.ground_truth"  # Eurus-2-RL-Data
+  if value is None:
+    return {}
+  where = locate(file, line=line, record=index, field=field)
+  if isinstance(value, str):
+    if not value.strip():
+      raise DataError(f"{where}: empty (give the reference answer, or leave the field out)")
+    return {"answer": value.strip()}
+  if (isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
+      and math.isfinite(float(value))):
+    return {"answer": str(value)}
+  raise DataError(f"{where}: must be a string or a finite number (the reference answer), got "
+                  f"{value!r}")
 
 
 def pair_numbers(record, where) -> dict:
@@ -533,7 +584,8 @@ def read_file(file: str) -> list[dict]:
 def read_files(files: Sequence[str]) -> list[dict]:
   """The records of one split's files, in order (conversations with their ``messages``).
 
-  A split without records is refused, and so is one mixing pairs and unpaired records.
+  A split without records is refused, and so is one mixing layouts (pairs, unpaired
+  records, prompts only).
   """
   records: list[dict] = []
   for file in files:
@@ -545,15 +597,28 @@ def read_files(files: Sequence[str]) -> list[dict]:
   return records
 
 
+def layout_of(record: dict) -> str:
+  """"pairs", "unpaired" (prompt/completion/label) or "prompts" (a prompt alone)."""
+  if record["chosen"] is None:
+    return "prompts"
+  return "unpaired" if record["rejected"] is None else "pairs"
+
+
+_LAYOUT_NAMES = {"pairs": "pairs (prompt/chosen/rejected)",
+                 "unpaired": "unpaired (prompt/completion/label)",
+                 "prompts": "prompts only (prompt, no responses)"}
+
+
 def _check_one_layout(records: list[dict], files: Sequence[str]) -> None:
   # A batch holds pairs or single responses, never both (data.pipeline.collate).
-  unpaired = records[0]["rejected"] is None
+  first = layout_of(records[0])
   for i, record in enumerate(records):
-    if (record["rejected"] is None) != unpaired:
-      first = "unpaired (prompt/completion/label)" if unpaired else "pairs"
-      raise DataError(f"{locate_record(files, i, 'chosen' if unpaired else 'completion')}: "
-                      f"this split's first record is {first}, this one is not; keep one "
-                      f"layout per split")
+    layout = layout_of(record)
+    if layout != first:
+      field = {"pairs": "chosen", "unpaired": "completion", "prompts": "prompt"}[layout]
+      raise DataError(f"{locate_record(files, i, field)}: this split's first record is "
+                      f"{_LAYOUT_NAMES[first]}, this one is {_LAYOUT_NAMES[layout]}; keep "
+                      f"one layout per split")
 
 
 def read_preferences(path: str, split: str) -> list[dict]:

@@ -49,16 +49,18 @@ _TEXT_FIELDS = ("prompt", "chosen", "rejected")
 def _features() -> tfds.features.FeaturesDict:
   """Texts, the example id and every PAIR_FIELD as float64, NaN where a record has none.
 
-  ``rejected`` is "" for an unpaired record (a pair's is never empty: the readers refuse
-  it); ``messages`` holds a conversation's messages as JSON ("" for text records);
+  ``rejected`` is "" for an unpaired record and ``chosen`` and ``rejected`` are "" for a
+  prompt alone (a response is never empty: the readers refuse it); ``messages`` holds a conversation's messages as JSON ("" for text records);
   ``record`` is the example's index among its files' records (it differs from
-  ``example_id`` in a split held out of another, see ``Holdout``).
+  ``example_id`` in a split held out of another, see ``Holdout``); ``answer`` is the
+  record's reference answer ("" for none: the readers refuse an empty one).
   """
   return tfds.features.FeaturesDict({
       "prompt": tfds.features.Text(),
       "chosen": tfds.features.Text(),
       "rejected": tfds.features.Text(),
       "messages": tfds.features.Text(),
+      "answer": tfds.features.Text(),
       "example_id": np.int64,
       "record": np.int64,
       **{field: np.float64 for field in readers.PAIR_FIELDS},
@@ -86,6 +88,7 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
 _PAIR_FIELDS_NOTE = "PAIR_FIELDS (labels, preference_prob, scores) as float64, NaN = none."
 _MESSAGES_NOTE = "Conversations' messages, unpaired records, record indices."
+_ANSWER_NOTE = "Records' reference answers (`answer`)."
 
 
 def _examples(records: list[dict],
@@ -94,10 +97,10 @@ def _examples(records: list[dict],
   # The readers accept only finite numbers, so NaN unambiguously means "not given".
   for i, r in enumerate(records):
     messages = r.get("messages")
-    yield i, {"prompt": r["prompt"], "chosen": r["chosen"],
+    yield i, {"prompt": r["prompt"], "chosen": "" if r["chosen"] is None else r["chosen"],
               "rejected": "" if r["rejected"] is None else r["rejected"],
               "messages": "" if messages is None else json.dumps(messages, ensure_ascii=False),
-              "example_id": i, "record": i if positions is None else int(positions[i]),
+              "answer": r.get("answer", ""), "example_id": i, "record": i if positions is None else int(positions[i]),
               **{f: r.get(f, math.nan) for f in readers.PAIR_FIELDS}}
 
 
@@ -127,9 +130,9 @@ def synthetic_config(num_train: int = 5000, num_test: int = 500, seed: int = 0,
 class SyntheticPreferences(ArrayRecordBuilder, skip_registration=True):
   """The built-in digit-sorting preference task as a TFDS dataset."""
 
-  VERSION = tfds.core.Version("1.2.0")
+  VERSION = tfds.core.Version("1.3.0")
   RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": _PAIR_FIELDS_NOTE,
-                   "1.2.0": _MESSAGES_NOTE}
+                   "1.2.0": _MESSAGES_NOTE, "1.3.0": _ANSWER_NOTE}
 
   def __init__(self, *, config: SyntheticConfig | None = None, num_train: int = 5000,
                num_test: int = 500, seed: int = 0, min_digits: int = 3,
@@ -254,9 +257,9 @@ def split_by_prompt(records: Sequence[dict], fraction: float, seed: int,
 class LocalPreferences(ArrayRecordBuilder, skip_registration=True):
   """Local JSONL / JSON / Parquet preference files as a TFDS dataset."""
 
-  VERSION = tfds.core.Version("1.2.0")
+  VERSION = tfds.core.Version("1.3.0")
   RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": _PAIR_FIELDS_NOTE,
-                   "1.2.0": _MESSAGES_NOTE}
+                   "1.2.0": _MESSAGES_NOTE, "1.3.0": _ANSWER_NOTE}
 
   def __init__(self, *, config: LocalConfig | None = None, path: str | None = None,
                splits: Sequence[str] | None = None, holdout: Holdout | None = None,
@@ -325,11 +328,15 @@ class PreferenceSource(Sequence[dict]):
     'messages' (decoded) for a conversation."""
     text = lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v)  # noqa: E731
     out = {k: text(rec[k]) for k in _TEXT_FIELDS}
-    if not out["rejected"]:
-      out["rejected"] = None
+    for side in ("chosen", "rejected"):  # the readers refuse empty responses: "" is none
+      if not out[side]:
+        out[side] = None
     messages = text(rec["messages"])
     if messages:
       out["messages"] = json.loads(messages)
+    answer = text(rec["answer"])
+    if answer:
+      out["answer"] = answer
     out["example_id"] = int(rec["example_id"])
     for field in readers.PAIR_FIELDS:
       value = float(rec[field])

@@ -237,7 +237,15 @@ DATA_CASES = [
          "field 'prompt[0].role': unknown role 'human'"),
     Case("Layouts", "a pair and an unpaired record (prompt/completion/label) in one split",
          _read("a.jsonl", [GOOD, _UNPAIRED]),
-         "field 'completion': this split's first record is pairs, this one is not"),
+         "field 'completion': this split's first record is pairs (prompt/chosen/rejected), "
+         "this one is unpaired"),
+    Case("Layouts", "a prompt alone after a pair in one split",
+         _read("a.jsonl", _line2({"prompt": "Sort 312."})),
+         "field 'prompt': this split's first record is pairs (prompt/chosen/rejected), this "
+         "one is prompts only"),
+    Case("Layouts", "a reference `answer` that is not a string or a number",
+         _read("a.jsonl", _line2(_std(answer=[3]))),
+         "field 'answer': must be a string or a finite number"),
     Case("Layouts", "`score_chosen` (UltraFeedback) given with `chosen_score`",
          _read("a.jsonl", _line2(_std(score_chosen=1.0, chosen_score=2.0))),
          "field 'score_chosen': given with 'chosen_score', its other name; give one"),
@@ -313,6 +321,10 @@ PIPELINE_CASES = [
          _pipeline({"train.jsonl": [_UNPAIRED]}),
          "prefs/train.jsonl:1: record 0: field 'chosen': missing: an unpaired record "
          "(prompt/completion/label), but this loss trains on preference pairs"),
+    Case("Pipeline", "prompts alone (no responses) for an offline loss (DPO)",
+         _pipeline({"train.jsonl": [{"prompt": "Sort 312."}]}),
+         "prefs/train.jsonl:1: record 0: field 'chosen': missing: a prompt without responses "
+         "(the prompt-only layout), which only the online losses"),
     Case("Pipeline", "fewer usable pairs than `batch_size` after dropping",
          _pipeline({"train.jsonl": [GOOD, _SAME]}, batch_size=2),
          "(split 'train'): only 1 usable pairs, fewer than batch_size 2"),

@@ -12,10 +12,10 @@ paper reports where it runs locally, and a results table beside the paper's numb
 Recipes are `configs/reproduce/<recipe>.py` (docs/recipes.md lists them). `--preset=tiny`
 runs the recipe on the built-in sorting task in a few minutes on CPU; `--preset=paper` is the
 paper's model, data and hyperparameters and needs `--checkpoint` (a Hugging Face checkpoint
-directory: weights and tokenizer) and, for the offline recipes, `--data`: a local copy of the
-paper's dataset (`DATA` in the recipe module names it, its splits and columns; the README's
-"Data layouts" section says how each layout is read). `--set=field=value` overrides any
-config field (`--set=loss.beta=0.2`, repeatable).
+directory: weights and tokenizer) and `--data`: a local copy of the paper's dataset (`DATA`
+in the recipe module names it, its splits and columns; the README's "Data layouts" section
+says how each layout is read; the online recipes read its prompts, prompts alone included).
+`--set=field=value` overrides any config field (`--set=loss.beta=0.2`, repeatable).
 
 What runs, by the recipe's loss: the offline losses (dpo, simpo, ld_dpo, t_reg, implicit_prm)
 train with `training.loop.train` and report the held-out metrics of metrics.jsonl at step 0
@@ -51,8 +51,9 @@ def define_flags() -> dict:
       recipe=flags.DEFINE_enum("recipe", None, list(recipes_lib.RECIPES), "The paper's recipe."),
       preset=flags.DEFINE_enum("preset", "tiny", ["tiny", "paper"], "Which preset."),
       workdir=flags.DEFINE_string("workdir", None, "Directory for the run and its results."),
-      data=flags.DEFINE_string("data", None, "A local copy of the paper's dataset (offline "
-                               "recipes); the recipe's DATA says which dataset and columns."),
+      data=flags.DEFINE_string("data", None, "A local copy of the paper's dataset (the online "
+                               "recipes read its prompts); the recipe's DATA says which "
+                               "dataset and columns."),
       checkpoint=flags.DEFINE_string("checkpoint", None, "A Hugging Face checkpoint directory "
                                      "(weights and tokenizer) for model.init_from."),
       set=flags.DEFINE_multi_string("set", [], "field=value overrides, e.g. loss.beta=0.2."),
@@ -148,10 +149,6 @@ def build_config(recipe: str, preset: str, *, data: str | None = None,
     config.model.init_from = checkpoint
     config.data.tokenizer = checkpoint
   if data:
-    if is_online(config):
-      raise config_check.ConfigError(
-          f"--data: recipe {recipe!r} is online ({config.loss.name}); its rounds run on the "
-          "built-in task for now (training.config_check refuses data.path for online losses)")
     config.data.path = data
   apply_overrides(config, overrides)
   left = placeholders(config)

@@ -398,3 +398,134 @@ def test_tiny_dpo_trains_on_templated_conversations(tokenizer_json, tmp_path):
   summary = loop.train(config, str(tmp_path / "run"))
   assert summary["final_step"] == 2
   assert np.isfinite(summary["final_eval"]["eval/loss"])
+
+
+# --------------------------------------------------------------------------
+# Online rounds on a templated math dataset.
+
+
+def test_online_round_samples_after_the_templates_generation_prompt(tokenizer_json, tmp_path):
+  """A DNO round on conversational records with reference answers and a Llama 3 template:
+  every sampled prompt is `apply_chat_template(prompt, add_generation_prompt=True)`, the
+  teacher candidate is the chosen turn as training tokenizes it, and the verifier judges
+  answers against each record's `answer` (the teacher states it, so it is always right)."""
+  import models
+  from flax import nnx
+  from tests.conftest import micro_online
+  from training import rounds
+
+  template, specials = SHAPES["llama3"]
+  hf_dir = write_tokenizer_dir(tmp_path / "hf", tokenizer_json, template, specials)
+  cfg = models.ModelConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_layers=2,
+                           num_heads=4, num_kv_heads=2, max_position_embeddings=128)
+  models.to_hf(models.Transformer(cfg, rngs=nnx.Rngs(0)), hf_dir)
+  records = []
+  for i in range(24):
+    a, b = divmod(i * 7 + 3, 10)
+    prompt = [SYSTEM, _msg("user", f"What is {a} + {b}?")] if i % 2 else [
+        _msg("user", f"What is {a} + {b}?")]
+    records.append({"prompt": prompt,
+                    "chosen": [_msg("assistant", f"{a} + {b} = \\boxed{{{a + b}}}")],
+                    "rejected": [_msg("assistant", "No idea.")], "answer": a + b})
+  data = tmp_path / "math"
+  data.mkdir()
+  _jsonl(data / "train.jsonl", records[:16])
+  _jsonl(data / "test.jsonl", records[16:])
+  config = micro_online("dno", str(tmp_path / "tfds"), rounds=1, teacher=True, sft_steps=0,
+                        num_prompts=16, eval_prompts=8)
+  config.model.init_from = config.data.tokenizer = hf_dir
+  config.data.update(path=str(data), max_prompt_len=96, max_completion_len=32, buckets=(128,))
+  config.update(total_steps=2, batch_size=8)
+  workdir = str(tmp_path / "run")
+  summary = rounds.iterate(config, workdir)
+  assert [r["round"] for r in summary["rounds"]] == [0, 1]
+
+  hf = transformers.AutoTokenizer.from_pretrained(hf_dir)
+  with open(os.path.join(workdir, "round_1", "samples.json")) as f:
+    samples = json.load(f)
+  assert len(samples["prompts"]) == 16
+  for p in samples["prompts"]:
+    record = next(r for r in records[:16] if readers.render_messages(r["prompt"])
+                  + readers.GENERATION_HEADER == p["prompt"])
+    assert p["answer"] == str(record["answer"])
+    prompt_ids = reference_ids(hf, record["prompt"], add_generation_prompt=True)
+    assert p["ids"] == prompt_ids
+    assert p["teacher"] == reference_ids(hf, record["prompt"] + record["chosen"])[
+        len(prompt_ids):]
+  with open(os.path.join(workdir, "round_1", "scores.json")) as f:
+    correct = np.asarray(json.load(f)["correct"])
+  assert correct.shape == (16, config.online.num_samples + 1)
+  np.testing.assert_array_equal(correct[:, -1], 1.0)  # the teacher's boxed sum
+  with open(os.path.join(workdir, "round_1", "eval.json")) as f:
+    assert 0.0 <= json.load(f)["eval/accuracy"] <= 1.0  # records with answers: accuracy
+
+
+def test_the_verifier_refuses_a_record_without_an_answer_before_training(tokenizer_json,
+                                                                         tmp_path):
+  from tests.conftest import micro_online
+  from training import rounds
+
+  data = tmp_path / "chat"
+  data.mkdir()
+  rows = [{"prompt": f"Say hi {i}", "chosen": "hi", "rejected": "no", "answer": "hi"}
+          for i in range(12)]
+  del rows[5]["answer"]
+  _jsonl(data / "train.jsonl", rows)
+  _jsonl(data / "test.jsonl", rows[:4])
+  config = micro_online("dno", str(tmp_path / "tfds"), rounds=1, sft_steps=0)
+  config.data.path = str(data)
+  with pytest.raises(DataError, match=r"train\.jsonl:6: record 5: field 'answer': missing"):
+    rounds.iterate(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "round_0" / "policy")
+
+
+def test_prime_rounds_on_a_prompt_only_math_set(tokenizer_json, tmp_path):
+  """PRIME on prompts alone (Eurus-2-RL-Data's layout: messages and
+  `reward_model.ground_truth`) through a ChatML template: the rows are the sampled groups,
+  each response labelled by the math verifier against its prompt's reference; an SFT
+  warm-up, which needs chosen responses, is refused before any compute."""
+  import models
+  from flax import nnx
+  from tests.conftest import micro_online
+  from training import rounds
+
+  template, specials = SHAPES["chatml"]
+  hf_dir = write_tokenizer_dir(tmp_path / "hf", tokenizer_json, template, specials)
+  cfg = models.ModelConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_layers=2,
+                           num_heads=4, num_kv_heads=2, max_position_embeddings=128)
+  models.to_hf(models.Transformer(cfg, rngs=nnx.Rngs(0)), hf_dir)
+  records = [{"prompt": [_msg("user", f"What is {i} + {i}? Put it in \\boxed{{}}.")],
+              "reward_model": {"ground_truth": str(2 * i), "style": "rule"}}
+             for i in range(24)]
+  data = tmp_path / "eurus"
+  data.mkdir()
+  _jsonl(data / "train.jsonl", records[:16])
+  _jsonl(data / "validation.jsonl", records[16:])
+  config = micro_online("prime", str(tmp_path / "tfds"), rounds=1, sft_steps=150,
+                        num_prompts=8, eval_prompts=8)
+  config.model.init_from = config.data.tokenizer = hf_dir
+  config.data.update(path=str(data), eval_split="validation", max_prompt_len=64,
+                     max_completion_len=32, buckets=(96,))
+  config.update(total_steps=2, batch_size=8)
+  with pytest.raises(DataError, match=r"train\.jsonl:1: record 0: field 'chosen': missing; "
+                                      r"config\.online\.sft_steps=150 train on"):
+    rounds.iterate(config, str(tmp_path / "sft"))
+  config.online.sft_steps = 0
+  workdir = str(tmp_path / "run")
+  summary = rounds.iterate(config, workdir)
+  assert [r["round"] for r in summary["rounds"]] == [0, 1]
+  hf = transformers.AutoTokenizer.from_pretrained(hf_dir)
+  with open(os.path.join(workdir, "round_1", "samples.json")) as f:
+    samples = json.load(f)
+  for p in samples["prompts"]:
+    record = next(r for r in records if r["reward_model"]["ground_truth"] == p["answer"])
+    assert p["prompt"] == readers.render_messages(record["prompt"]) + readers.GENERATION_HEADER
+    assert p["ids"] == reference_ids(hf, record["prompt"], add_generation_prompt=True)
+    assert p["teacher"] is None
+  with open(os.path.join(workdir, "round_1", "rows.json")) as f:
+    rows = json.load(f)
+  assert len(rows) == 8 * config.online.num_samples  # accuracy_range (0, 1) keeps every group
+  labels = {r["extras"]["chosen_label"] for r in rows}
+  assert labels <= {0.0, 1.0}
+  with open(os.path.join(workdir, "round_0", "eval.json")) as f:
+    assert "eval/accuracy" in json.load(f)

@@ -165,11 +165,40 @@ def test_unpaired_records_and_their_errors(tmp_path):
 
 def test_a_record_of_no_layout_names_the_layouts(tmp_path):
   with pytest.raises(DataError) as info:
-    readers.read_preferences(_jsonl(tmp_path / "x.jsonl", [{"prompt": "p", "answer": "a"}]),
+    readers.read_preferences(_jsonl(tmp_path / "x.jsonl", [{"prompt": "p", "rejected": "a"}]),
                              "train")
   assert str(info.value) == (
       f"{tmp_path}/x.jsonl:1: record 0: field 'chosen': missing (expected prompt/chosen/rejected "
-      "(preference pairs) or prompt/completion/label (unpaired records))")
+      "(preference pairs), prompt/completion/label (unpaired records) or a prompt alone "
+      "(online rounds))")
+
+
+def test_prompt_only_records_and_reference_answers(tmp_path):
+  """TRL's prompt-only layout (text or messages) with a reference answer, given as `answer`
+  or as Eurus-2-RL-Data's `reward_model.ground_truth`; bad answers name their field; a split
+  mixing prompts with pairs is refused."""
+  records = [{"prompt": "What is 2 + 2?", "answer": 4},
+             {"prompt": [_msg("system", "Be brief."), _msg("user", "Half of 1?")],
+              "reward_model": {"ground_truth": "\\frac{1}{2}", "style": "rule"}}]
+  text, chat = readers.read_files([_jsonl(tmp_path / "p.jsonl", records)])
+  assert text == {"prompt": "What is 2 + 2?", "chosen": None, "rejected": None, "answer": "4"}
+  assert chat["prompt"] == ("<|system|>\nBe brief.\n<|user|>\nHalf of 1?\n"
+                            + readers.GENERATION_HEADER)
+  assert chat["answer"] == "\\frac{1}{2}" and chat["chosen"] is None
+  assert chat["messages"]["prompt"][1] == _msg("user", "Half of 1?")
+  for bad, field in (({"prompt": "p", "answer": ""}, "answer': empty"),
+                     ({"prompt": "p", "answer": True}, "answer': must be a string or a finite"),
+                     ({"prompt": "p", "answer": float("nan")}, "answer': must be"),
+                     ({"prompt": "p", "reward_model": {"ground_truth": [1]}},
+                      "reward_model.ground_truth': must be"),
+                     ({"prompt": "   "}, "prompt': empty")):
+    with pytest.raises(DataError, match=field):
+      readers.normalize_record(bad, file="f.jsonl", index=0)
+  mixed = _jsonl(tmp_path / "mixed.jsonl", records + [{"prompt": "p", "chosen": "a",
+                                                       "rejected": "b"}])
+  with pytest.raises(DataError, match=r"mixed\.jsonl:3: record 2: field 'chosen': this split's "
+                                      r"first record is prompts only"):
+    readers.read_preferences(mixed, "train")
 
 
 # --------------------------------------------------------------------------

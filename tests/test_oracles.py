@@ -3,6 +3,7 @@ model and a user-supplied pairwise judge behind one `judge(Candidates) -> Judgem
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -88,8 +89,28 @@ def test_verifier_tables():
 def test_verifier_refuses_a_foreign_prompt():
   c = Candidates(["Write a haiku about the sea, please, in five seven five " * 3],
                  [[1, 2]], [[[3, EOS], [4, EOS]]], [["a", "b"]])
-  with pytest.raises(OracleError, match=r"prompt 0 'Write a haiku.*\.\.\.' is not"):
+  with pytest.raises(OracleError, match=r"prompt 0 'Write a haiku.*\.\.\.' has no rule: it "
+                     r"is not a digit-sorting prompt .* has no 'answer' field"):
     oracles.VerifierOracle(TOKENIZER).judge(c)
+
+
+def test_verifier_checks_math_answers_against_the_records_reference():
+  """A prompt whose record carries `answer` is judged by its final answer (data.math_answers):
+  reward = correct = 1 for an equivalent answer that ends with eos, else 0; a prompt of the
+  built-in task beside it keeps its own rule."""
+  math_texts = ["so \\boxed{\\frac{1}{2}}", "it is 0.5", "\\boxed{1/3}", "\\boxed{0.5}"]
+  sort_texts = [" 1 2 3", " 1 3 2", "x", " 1 2 3"]
+  ids = lambda t, eos=True: list(TOKENIZER.encode(t)) + ([EOS] if eos else [])  # noqa: E731
+  c = Candidates(
+      ["What is 1/2 as a decimal or fraction?", synthetic.format_prompt([3, 1, 2])], [[1], [1]],
+      [[ids(t) for t in math_texts[:3]] + [ids(math_texts[3], eos=False)],
+       [ids(t) for t in sort_texts]],
+      [math_texts, sort_texts], answers=["\\frac12", None])
+  j = oracles.VerifierOracle(TOKENIZER, tau=0.5).judge(c)
+  check_table(j, 2, 4)
+  np.testing.assert_array_equal(j.correct, [[1, 1, 0, 0], [1, 0, 0, 1]])
+  np.testing.assert_array_equal(j.rewards[0], [1, 1, 0, 0])  # no partial credit on math
+  assert j.preferences[0, 0, 2] == 1.0 and j.preferences[0, 0, 1] == 0.5
 
 
 def test_ragged_candidates_are_refused():
@@ -379,9 +400,12 @@ def test_make_oracle_and_verifier_for(runs):
     config.online.judge = spec("shorter")
   judge = oracles.make_oracle(config, TOKENIZER, mesh)
   assert isinstance(judge, oracles.CallableOracle) and judge.fn is shorter
-  assert isinstance(oracles.verifier_for(config, TOKENIZER), oracles.VerifierOracle)
-  config.data.path = "/some/prefs.jsonl"
-  assert oracles.verifier_for(config, TOKENIZER) is None
+  task = Candidates([synthetic.format_prompt([3, 1, 2])], [[1]], [[[2]]], [["1 2 3"]])
+  assert isinstance(oracles.verifier_for(config, TOKENIZER, task), oracles.VerifierOracle)
+  chat = dataclasses.replace(task, prompts=["What is 2 + 2?"])
+  assert oracles.verifier_for(config, TOKENIZER, chat) is None  # no rule: no accuracy
+  math = dataclasses.replace(chat, answers=["4"])
+  assert isinstance(oracles.verifier_for(config, TOKENIZER, math), oracles.VerifierOracle)
 
 
 if __name__ == "__main__":

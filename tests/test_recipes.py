@@ -106,11 +106,9 @@ def test_paper_preset_has_the_papers_structure(recipe):
   assert recipes_lib.is_placeholder(config.model.init_from)
   assert config.data.tokenizer == config.model.init_from
   assert config.model.dtype == "bfloat16" and config.model.param_dtype == "float32"
+  assert recipes_lib.is_placeholder(config.data.path)
   if recipe in ONLINE:
-    assert not config.data.path  # online rounds run on the built-in task for now
     assert config.online.sft_steps == 0  # π_0 is the paper's starting checkpoint
-  else:
-    assert recipes_lib.is_placeholder(config.data.path)
   config.model.init_from = config.data.tokenizer = config.data.path = ""
   config.data.update(train_split="train", eval_split="test")
   if config.online.scorer != "verifier":
@@ -151,13 +149,15 @@ def test_docstring_carries_the_table_and_commands(recipe):
     assert number in doc, f"{recipe}: the headline {number!r} is not in the docstring"
 
 
-def test_build_config_refuses_placeholders_and_online_data():
+def test_build_config_refuses_placeholders_and_takes_online_data(tmp_path):
   with pytest.raises(ConfigError, match=r"--checkpoint=DIR.*--data=PATH"):
     reproduce.build_config("dpo", "paper")
-  with pytest.raises(ConfigError, match="online"):
-    reproduce.build_config("dno", "tiny", data="/tmp")
   with pytest.raises(ConfigError, match="online.judge"):
     reproduce.build_config("dno", "paper", checkpoint="/tmp/ckpt")
+  prompts = tmp_path / "prompts.jsonl"  # the prompt-only layout, one split (eval held out)
+  prompts.write_text('{"prompt": "What is 2 + 2?", "answer": 4}\n')
+  config = reproduce.build_config("prime", "tiny", data=str(prompts))
+  assert config.data.path == str(prompts)
 
 
 def test_build_config_applies_overrides():

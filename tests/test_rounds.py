@@ -12,7 +12,10 @@ import pytest
 import algorithms
 from verification import game_worlds
 from tests.conftest import micro_online, micro_online_flags, seed_round_0
+from data.tokenizer import ByteTokenizer
 from training import config_check, rounds
+
+TOKENIZER = ByteTokenizer()
 
 ONLINE = ("online_dpo", "dno", "inpo", "gpo", "prime")
 
@@ -296,6 +299,7 @@ def test_evaluate_cli_reproduces_a_rounds_evaluation(tmp_path, tfds_dir, online_
     ("online.rounds", 0, "config.online.rounds must be an integer >= 1"),
     ("online.rollouts_per_round", -1, "config.online.rollouts_per_round"),
     ("online.min_margin", 1.5, "config.online.min_margin"),
+    ("online.prompt_order", "shuffle", r"config.online.prompt_order must be one of \['resample'"),
     ("online.scorer_path", "", None),
 ])
 def test_bad_online_values_are_refused_before_compute(field, value, message, tfds_dir):
@@ -347,14 +351,70 @@ def test_a_judge_callable_scores_the_rounds_and_its_failures_name_it(tmp_path, t
     rounds.iterate(config, str(tmp_path / "nan"))
 
 
-def test_a_prompt_longer_than_the_window_is_named(tmp_path, tfds_dir, online_start):
+def test_round_prompts_are_the_training_pairs_prompts():
+  """A round samples after exactly the prompt ids training sees (the pipeline's: chat
+  template, truncation), skips records the pipeline dropped and repeated prompts, and carries
+  the record's chosen ids (DNO's teacher) and reference answer."""
+  from data.pipeline import TokenizeLimits, tokenize
+  from data.tokenizer import ByteTokenizer
+
+  tokenizer = ByteTokenizer()
+  records = [{"prompt": f"question {i % 6}", "chosen": f"yes {i}",
+              "rejected": f"no {i}", "answer": str(i)} for i in range(12)]
+  records[3]["rejected"] = records[3]["chosen"]  # dropped: no preference
+  pairs = tokenize(records, tokenizer, TokenizeLimits(max_prompt_len=8, max_completion_len=16))
+  by_id = {p.example_id: p for p in pairs}
+  prompts = rounds.round_prompts(pairs, records, num_prompts=100, seed=3)
+  texts = [p["prompt"] for p in prompts]
+  assert len(texts) == len(set(texts)) == 6  # 12 records, 6 prompts
+  for p in prompts:
+    index = int(p["answer"])
+    assert index != 3 and p["prompt"] == records[index]["prompt"]
+    assert p["ids"] == by_id[index].prompt.tolist() and len(p["ids"]) <= 8  # cut on the left
+    assert p["teacher"] == by_id[index].chosen.tolist()
+    assert p["teacher"][-1] == tokenizer.eos_id
+  assert rounds.round_prompts(pairs, records, 4, seed=3) == prompts[:4]
+  assert rounds.round_prompts(pairs, records, 4, seed=4) != prompts[:4]
+
+
+def _prompt_experiment(num_records: int, **online):
+  """The parts of an Experiment that choosing prompts reads: the DNO tiny config (with
+  `online` overrides) and a train split of `num_records` distinct text prompts."""
+  import types
+
+  from configs import dno
+  from data.pipeline import TokenizeLimits, tokenize
+
+  config = dno.get_config("tiny")
+  config.online.update(online)
+  records = [{"prompt": f"q{i}", "chosen": "a", "rejected": "b"} for i in range(num_records)]
+  pairs = tokenize(records, TOKENIZER, TokenizeLimits(max_prompt_len=8, max_completion_len=4))
+  split = types.SimpleNamespace(pairs=pairs)
+  return types.SimpleNamespace(config=config, train_source=records, train_batches=split,
+                               eval_source=records, eval_batches=split)
+
+
+def test_partitioned_prompts_are_disjoint_slices_of_one_order():
+  """prompt_order='partition' (DNO's and SPPO's per-iteration prompt sets): rollout r takes
+  the r-th slice of one seeded order, so no prompt repeats across the run; 'resample' draws
+  each rollout afresh; a split too small for every slice is refused before any compute."""
   from data.errors import DataError
 
-  config = micro_online("dno", tfds_dir)
-  config.data.max_prompt_len = 4  # every task prompt is longer
-  seed_round_0(online_start, str(tmp_path))
-  with pytest.raises((DataError, ValueError), match="max_prompt_len"):
-    rounds.iterate(config, str(tmp_path))
+  exp = _prompt_experiment(30, prompt_order="partition", num_prompts=10, rounds=3)
+  slices = [[p["prompt"] for p in rounds.rollout_prompts(exp, r)] for r in range(3)]
+  assert all(len(s) == 10 for s in slices) and len(set(sum(slices, []))) == 30
+  assert slices[0] == [p["prompt"] for p in rounds.round_prompts(
+      exp.train_batches.pairs, exp.train_source, 10, seed=exp.config.seed)]
+  rounds.check_online_data(exp, verifier=False)
+  resampled = _prompt_experiment(30, num_prompts=10, rounds=3)
+  draws = [{p["prompt"] for p in rounds.rollout_prompts(resampled, r)} for r in range(3)]
+  assert len(set.union(*draws)) < 30  # fresh draws overlap
+  small = _prompt_experiment(29, prompt_order="partition", num_prompts=10, rounds=3)
+  with pytest.raises(DataError, match=r"needs 30 distinct prompts .* 3 x 1 x 10\), split "
+                                      r"'train' has 29"):
+    rounds.check_online_data(small, verifier=False)
+  with pytest.raises(DataError, match="rollout 2 found 9 left"):
+    rounds.rollout_prompts(small, 2)
 
 
 def _wait_for(predicate, process, timeout: float = 600.0):
@@ -418,8 +478,10 @@ def test_dno_round_with_teacher_candidates_and_soft_labels(tmp_path, tfds_dir, o
   assert all(len(c) == config.online.num_samples + 1 for c in samples["completions"])
   scores = _read(os.path.join(workdir, "round_1", "scores.json"))
   assert all(row[-1] == 1.0 for row in scores["correct"])  # the teacher sorts right
+  eos = [TOKENIZER.eos_id]
   for prompt in samples["prompts"][:4]:
-    assert synthetic.verify(prompt["prompt"], prompt["teacher"])
+    assert prompt["teacher"][-1:] == eos
+    assert synthetic.verify(prompt["prompt"], TOKENIZER.decode(prompt["teacher"][:-1]))
   rows = _read(os.path.join(workdir, "round_1", "rows.json"))
   probs = [r["extras"]["preference_prob"] for r in rows]
   assert all(0.5 < p <= 1 / (1 + math.exp(-1.0)) + 1e-6 for p in probs)

@@ -17,6 +17,9 @@ from algorithms.validation import ConfigError, integer, number, one_of, require
 from models.config import ATTENTION_IMPLS, REMAT_MODES
 from models.heads import GATE_FORMS
 
+# config.online.prompt_order: how each rollout's prompts are drawn (training.rounds)
+PROMPT_ORDERS = ("resample", "partition")
+
 
 def _check_packing(config, batch_devices: int, process_count: int):
   """config.data.pack_rows (data/packing.py): the combinations the packed step supports."""
@@ -102,6 +105,12 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
           "which only GPU and TPU backends have; on CPU use 'dots' or 'nothing'")
   one_of(config.model.get("attention_impl", "custom_vjp"), ATTENTION_IMPLS,
          "model.attention_impl")
+  # Mosaic compiles the Pallas TPU kernel for a TPU only (elsewhere: its interpret mode).
+  require(config.model.get("attention_impl") != "pallas" or jax.default_backend() == "tpu",
+          "config.model.attention_impl='pallas' is the Pallas TPU flash-attention kernel, "
+          f"which needs a TPU (this backend is {jax.default_backend()!r}); use 'dot_product' "
+          "(cuDNN on NVIDIA GPUs), 'custom_vjp', or 'pallas_interpret' (the kernel in "
+          "Pallas's interpret mode: slow, for tests)")
   one_of(config.model.get("logits_on", "all"), ("all", "completion"), "model.logits_on")
   if not config.model.init_from:
     for field in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -171,8 +180,6 @@ def _check_algorithm_needs(config, needs, process_count: int):
   require(config.reference.mode == "in_step", "config.reference.mode='precomputed' does "
           "not apply to online algorithms: each round stores its frozen models' log-probs "
           "with its rows")
-  require(not config.data.path, f"config.data.path={config.data.path!r}: online rounds run "
-          "on the built-in task for now (its verifier scores or evaluates every round)")
   from training import oracles  # local: oracles load models, config_check must stay light
   oracles.check_oracle_config(o)
   if needs.online.rows == "groups":
@@ -182,6 +189,7 @@ def _check_algorithm_needs(config, needs, process_count: int):
                 "eval_prompts"):
     integer(o[field], f"online.{field}", low=1)
   number(o.verifier_tau, "online.verifier_tau", low=0.0, low_inclusive=False)
+  one_of(o.prompt_order, PROMPT_ORDERS, "online.prompt_order")
   require(o.num_samples >= 2, f"config.online.num_samples must be >= 2 (pairs and "
           f"leave-one-out baselines need two responses), got {o.num_samples}")
   require(o.temperature >= 0, f"config.online.temperature must be >= 0, got {o.temperature}")

@@ -133,13 +133,15 @@ def _shardings(mesh, specs):
 
 
 def tokenize_limits(config) -> pipeline.TokenizeLimits:
-  """What tokenization keeps (config.data's limits and modes; the loss's
-  Requirements.unpaired says whether it trains on unpaired records)."""
+  """What tokenization keeps (config.data's limits and modes; the loss's Requirements say
+  whether it trains on unpaired records, and whether it reads prompts alone: the online
+  losses, which sample their responses)."""
   d = config.data
+  needs = algorithms.get_algorithm(config.loss.name).requirements
   return pipeline.TokenizeLimits(
       max_prompt_len=d.max_prompt_len, max_completion_len=d.max_completion_len,
       on_identical_pair=d.on_identical_pair, on_long_prompt=d.on_long_prompt,
-      unpaired=algorithms.get_algorithm(config.loss.name).requirements.unpaired)
+      unpaired=needs.unpaired, prompts_only=needs.online is not None)
 
 
 def _this_process() -> dict:

@@ -8,9 +8,11 @@ for the [N, K, K] table of pairwise preferences P(y_i ≻ y_j | x) and its logit
 table s(y_i ≻ y_j) (`Judgement`), which the pairwise methods (DNO, INPO, GPO) train on.
 Four oracles (`ORACLES`, the values of `config.online.scorer`):
 
-  verifier   the built-in digit-sorting task's rule (`data.synthetic.score` / `verify`): a
-             graded reward r per response; P = 1[r_i > r_j] + ½·1[r_i = r_j],
-             s = (r_i − r_j)/τ. Also returns the rewards and 0/1 correctness.
+  verifier   a rule: the built-in digit-sorting task's (`data.synthetic.score` / `verify`),
+             or a math answer checked against the record's reference `answer`
+             (`data.math_answers`): a reward r per response; P = 1[r_i > r_j] +
+             ½·1[r_i = r_j], s = (r_i − r_j)/τ. Also returns the rewards and 0/1
+             correctness.
   gpm        a trained General Preference embedding Model (Zhang et al. 2025, "Beyond
              Bradley-Terry Models: A General Preference Model for Language Model
              Alignment", arXiv 2410.02197): s = ⟨R v_i, v_j⟩/τ
@@ -69,6 +71,9 @@ class Candidates:
   prompt_ids: list[list[int]]         # N token ids as the policy saw them ([bos] + prompt)
   completions: list[list[list[int]]]  # [N][K] completion ids; eos included iff the model emitted it
   texts: list[list[str]]              # [N][K] decoded completions (eos removed)
+  # N reference answers of the prompts' records (a math dataset's `answer` field; None where
+  # a record has none), read by the verifier only
+  answers: list[str | None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +84,8 @@ class Judgement:
   # [N, K, K] float32 antisymmetric score s(y_i ≻ y_j), on the logit scale of P (GPO's score
   # table; already divided by the model's τ)
   scores: np.ndarray
-  rewards: np.ndarray | None = None  # [N, K] graded verifier reward (built-in task only)
-  correct: np.ndarray | None = None  # [N, K] 1.0/0.0 correctness (built-in task only)
+  rewards: np.ndarray | None = None  # [N, K] the verifier's reward (verifier only)
+  correct: np.ndarray | None = None  # [N, K] 1.0/0.0 correctness (verifier only)
 
 
 class Oracle(Protocol):
@@ -157,12 +162,20 @@ def _from_scores(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class VerifierOracle:
-  """The digit-sorting task's rule as a preference oracle.
+  """A rule-based verifier as a preference oracle: each response gets a reward r_ik and a
+  0/1 correctness, from one of two rules.
 
-  r_ik = `data.synthetic.score(prompt_i, text_ik)` (1 for a correct sorting, partial credit
-  below ½ otherwise) and correct_ik = `verify(prompt_i, text_ik)` when the completion ends
-  with eos, else both 0: a response cut off at max_new_tokens never wins on content it did
-  not finish. Then
+    math answers  a prompt whose record carries a reference `answer` (GSM8K, MATH, a
+                  PRIME-style RL set): r = correct = 1 iff the completion's final answer
+                  (its last \\boxed{...}, else `#### x`, "the answer is x", the last number)
+                  equals the reference (`data.math_answers.is_correct`), the outcome reward
+                  of PRIME (Cui et al. 2025, arXiv 2502.01456, Sec. 2);
+    digit sorting a prompt of the built-in task: r = `data.synthetic.score(prompt, text)` (1
+                  for a correct sorting, partial credit below ½ otherwise), correct =
+                  `verify(prompt, text)`.
+
+  Both only for a completion that ends with eos, else r = correct = 0: a response cut off at
+  max_new_tokens never wins on content it did not finish. Then
 
       P(y_i ≻ y_j) = 1[r_i > r_j] + ½·1[r_i = r_j],   s(y_i ≻ y_j) = (r_i − r_j) / τ.
   """
@@ -175,21 +188,42 @@ class VerifierOracle:
     self.eos_id = int(tokenizer.eos_id)
     self.tau = float(tau)
 
+  @staticmethod
+  def rule(prompt: str, answer) -> Callable[[str], tuple[float, float]] | None:
+    """text -> (reward, correct) for this prompt, or None when neither rule applies."""
+    if answer is not None:
+      from data import math_answers  # local: only math data needs it
+
+      def by_answer(text):
+        correct = float(math_answers.is_correct(text, answer))
+        return correct, correct
+      return by_answer
+    try:
+      synthetic.parse_prompt(prompt)
+    except ValueError:
+      return None
+    return lambda text: (synthetic.score(prompt, text), float(synthetic.verify(prompt, text)))
+
+  def judges(self, candidates: Candidates) -> bool:
+    """Whether every prompt has a rule (eval accuracy is reported only then)."""
+    answers = candidates.answers or [None] * len(candidates.prompts)
+    return all(self.rule(p, a) is not None for p, a in zip(candidates.prompts, answers))
+
   def judge(self, candidates: Candidates) -> Judgement:
     n, k = _shape(candidates)
+    answers = candidates.answers or [None] * n
     rewards = np.zeros((n, k), np.float32)
     correct = np.zeros((n, k), np.float32)
     for i, prompt in enumerate(candidates.prompts):
-      try:
-        synthetic.parse_prompt(prompt)
-      except ValueError:
-        raise OracleError(f"verifier: prompt {i} {_shorten(prompt)} is not a digit-sorting "
-                          "prompt of the built-in task; the verifier has no rule for it (use "
-                          "config.online.scorer 'gpm', 'bt_reward' or 'judge')") from None
+      rule = self.rule(prompt, answers[i])
+      if rule is None:
+        raise OracleError(f"verifier: prompt {i} {_shorten(prompt)} has no rule: it is not a "
+                          "digit-sorting prompt of the built-in task and its record has no "
+                          "'answer' field (give the data's reference answers, or use "
+                          "config.online.scorer 'gpm', 'bt_reward' or 'judge')")
       for j, (ids, text) in enumerate(zip(candidates.completions[i], candidates.texts[i])):
         if list(ids[-1:]) == [self.eos_id]:
-          rewards[i, j] = synthetic.score(prompt, text)
-          correct[i, j] = float(synthetic.verify(prompt, text))
+          rewards[i, j], correct[i, j] = rule(text)
     diff = rewards[:, :, None] - rewards[:, None, :]
     preferences = ((diff > 0) + 0.5 * (diff == 0)).astype(np.float32)
     scores = (diff.astype(np.float64) / self.tau).astype(np.float32)
@@ -575,12 +609,11 @@ def make_oracle(config, tokenizer, mesh) -> Oracle:
   return oracle
 
 
-def verifier_for(config, tokenizer) -> VerifierOracle | None:
-  """The built-in task's verifier (its rule knows the answers) when the run trains on it
-  (`config.data.path == ""`); None for user data, which has no verifier."""
-  if config.data.path:
-    return None
-  return VerifierOracle(tokenizer, tau=config.online.verifier_tau)
+def verifier_for(config, tokenizer, candidates: Candidates) -> VerifierOracle | None:
+  """The verifier when it has a rule for every one of `candidates`' prompts (the built-in
+  task, or records with reference answers), for the accuracy of an evaluation; else None."""
+  verifier = VerifierOracle(tokenizer, tau=config.online.verifier_tau)
+  return verifier if verifier.judges(candidates) else None
 
 
 __all__ = ["ORACLES", "MODEL_ORACLES", "Candidates", "Judgement", "Oracle", "OracleError",

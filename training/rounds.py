@@ -160,29 +160,109 @@ def _stage(path: str, compute):
 # Sampling.
 
 
-def round_prompts(source, tokenizer, num_prompts: int, seed: int, max_prompt_len: int,
-                  split: str) -> list[dict]:
-  """`num_prompts` distinct prompts of `source`, a seeded choice: dicts with `prompt`
-  (text), `ids` ([bos] + ids), `teacher` (the record's chosen text). A prompt over
-  `max_prompt_len` tokens is a DataError naming the split, record and field."""
+def round_prompts(pairs: TokenizedPairs, source, num_prompts: int, seed: int,
+                  start: int = 0) -> list[dict]:
+  """Distinct prompts of a split, a seeded choice: dicts with `prompt` (the record's prompt
+  text, what an oracle reads), `ids` (the pair's prompt ids, exactly as training sees them:
+  the chat template's rendering with its generation prompt when the tokenizer has one, else
+  [bos] + text, cut to `config.data.max_prompt_len` by the pipeline's rule), `teacher` (the
+  pair's chosen completion ids, eos included unless it was truncated; None for a prompt
+  alone) and `answer` (the record's reference answer, None without one).
+
+  The order is a seeded permutation of the split's records; records the pipeline dropped
+  (identical pairs, long prompts with `on_long_prompt='drop'`) are skipped, as are repeats
+  of a prompt already taken. Returns the prompts `start` .. `start + num_prompts - 1` of
+  that order (fewer when the split runs out).
+  """
+  by_record = {int(p.example_id): p for p in pairs}
   order = np.random.default_rng(seed).permutation(len(source))
   prompts, seen = [], set()
-  bos = [] if tokenizer.bos_id is None else [int(tokenizer.bos_id)]
   for index in order:
+    pair = by_record.get(int(index))
+    if pair is None:
+      continue
     record = source[int(index)]
     text = record["prompt"]
     if text in seen:
       continue
     seen.add(text)
-    ids = bos + list(tokenizer.encode(text))
-    if len(ids) > max_prompt_len:
-      raise DataError(f"split {split!r}, record {int(index)}, field 'prompt': {len(ids)} "
-                      f"tokens, longer than config.data.max_prompt_len={max_prompt_len}; an "
-                      "online round samples after the whole prompt")
-    prompts.append({"prompt": text, "ids": ids, "teacher": record.get("chosen")})
+    if len(seen) <= start:
+      continue
+    prompts.append({"prompt": text, "ids": [int(i) for i in pair.prompt],
+                    "teacher": [int(i) for i in pair.chosen] or None,
+                    "answer": record.get("answer")})
     if len(prompts) == num_prompts:
       break
   return prompts
+
+
+def rollout_prompts(exp: Experiment, index: int) -> list[dict]:
+  """The train-split prompts of rollout `index` (0-based over the run) by
+  `config.online.prompt_order`: "resample" draws a fresh seeded choice each rollout;
+  "partition" cuts one seeded order into disjoint slices of `num_prompts`, rollout r the
+  r-th, and a split too small for every rollout's slice is a DataError."""
+  config, online = exp.config, exp.config.online
+  pairs, source = exp.train_batches.pairs, exp.train_source
+  if online.prompt_order == "resample":
+    return round_prompts(pairs, source, online.num_prompts, seed=config.seed * 1_000_003 + index)
+  prompts = round_prompts(pairs, source, online.num_prompts, seed=config.seed,
+                          start=index * online.num_prompts)
+  if len(prompts) < online.num_prompts:
+    rollouts = online.rounds * online.rollouts_per_round
+    raise DataError(
+        f"{pairs.source_name}: config.online.prompt_order='partition' needs "
+        f"{rollouts} x {online.num_prompts} distinct prompts (rounds x rollouts_per_round x "
+        f"num_prompts) in split {config.data.train_split!r}; rollout {index} found "
+        f"{len(prompts)} left. Lower config.online.num_prompts or use prompt_order 'resample'")
+  return prompts
+
+
+def check_online_data(exp: Experiment, verifier: bool) -> None:
+  """What the run asks of its records, checked before π_0 is trained; the first record that
+  fails is a DataError naming its file and line (or split and index):
+
+  * with the verifier as the oracle (`verifier`), a rule for every record: a prompt of the
+    built-in task or a reference `answer`;
+  * with `online.sft_steps` or `online.teacher`, a chosen response on the train split's
+    records (not the prompt-only layout);
+  * with `online.prompt_order='partition'`, enough distinct prompts for every rollout's slice.
+  """
+  config, online = exp.config, exp.config.online
+  if online.prompt_order == "partition":
+    need = online.rounds * online.rollouts_per_round * online.num_prompts
+    have = len({exp.train_source[int(p.example_id)]["prompt"] for p in exp.train_batches.pairs})
+    if have < need:
+      raise DataError(
+          f"{exp.train_batches.pairs.source_name}: config.online.prompt_order='partition' "
+          f"needs {need} distinct prompts (rounds x rollouts_per_round x num_prompts = "
+          f"{online.rounds} x {online.rollouts_per_round} x {online.num_prompts}), split "
+          f"{config.data.train_split!r} has {have}; lower config.online.num_prompts or use "
+          "prompt_order 'resample'")
+  needs_responses = [f"config.online.{f}={online[f]}" for f in ("sft_steps", "teacher")
+                     if online[f]]
+  for source, pairs, split in ((exp.train_source, exp.train_batches.pairs,
+                                config.data.train_split),
+                               (exp.eval_source, exp.eval_batches.pairs,
+                                config.data.eval_split)):
+    def where(index, field):
+      find = getattr(source, "locate", None)
+      return (find(index, field) if callable(find)
+              else f"split {split!r}, record {index}, field {field!r}")
+
+    if needs_responses and split == config.data.train_split:
+      bare = next((p.example_id for p in pairs if len(p.chosen) == 0), None)
+      if bare is not None:
+        raise DataError(f"{where(bare, 'chosen')}: missing; {' and '.join(needs_responses)} "
+                        "train on the data's chosen responses, and this split holds prompts "
+                        "only: set them to 0 / False, or give prompt/chosen/rejected records")
+    if not verifier:
+      continue
+    for index, record in enumerate(source):
+      if oracles_lib.VerifierOracle.rule(record["prompt"], record.get("answer")) is None:
+        raise DataError(f"{where(index, 'answer')}: missing; config.online.scorer='verifier' "
+                        "checks each sampled answer against the record's reference answer "
+                        "(or the built-in task's rule); give `answer` on every record, or use "
+                        "scorer 'gpm', 'bt_reward' or 'judge'")
 
 
 def left_padded(rows: list[list[int]], pad_id: int, multiple: int = 16):
@@ -223,14 +303,14 @@ def candidates(exp: Experiment, prompts: list[dict], completions) -> oracles_lib
   return oracles_lib.Candidates(
       prompts=[p["prompt"] for p in prompts], prompt_ids=[p["ids"] for p in prompts],
       completions=completions,
-      texts=[[decode(ids) for ids in responses] for responses in completions])
+      texts=[[decode(ids) for ids in responses] for responses in completions],
+      answers=[p.get("answer") for p in prompts])
 
 
-def _with_teachers(exp: Experiment, prompts: list[dict], completions):
-  """Each prompt's teacher response (the data's chosen text + eos) as one more candidate."""
-  eos = [int(exp.tokenizer.eos_id)]
-  return [responses + [list(exp.tokenizer.encode(p["teacher"])) + eos]
-          for p, responses in zip(prompts, completions)]
+def _with_teachers(prompts: list[dict], completions):
+  """Each prompt's teacher response (the data's chosen completion, as tokenized for
+  training) as one more candidate."""
+  return [responses + [list(p["teacher"])] for p, responses in zip(prompts, completions)]
 
 
 def _judgement_record(judgement: oracles_lib.Judgement) -> dict:
@@ -426,15 +506,12 @@ def rollout_rows(exp: Experiment, oracle, anchors: Anchors, directory: str,
   online = config.online
 
   def sample():
-    prompts = round_prompts(exp.train_source, exp.tokenizer, online.num_prompts,
-                            seed=config.seed * 1_000_003 + index,
-                            max_prompt_len=config.data.max_prompt_len,
-                            split=config.data.train_split)
+    prompts = rollout_prompts(exp, index)
     completions = sample_responses(exp, anchors.previous, [p["ids"] for p in prompts],
                                    online.num_samples, temperature=online.temperature,
                                    key=_rollout_key(config.seed, index))
     if online.teacher:
-      completions = _with_teachers(exp, prompts, completions)
+      completions = _with_teachers(prompts, completions)
     return {"prompts": prompts, "completions": completions}
 
   samples = _stage(os.path.join(directory, "samples.json"), sample)
@@ -518,8 +595,8 @@ def eval_prompts(exp: Experiment) -> list[dict]:
   """The held-out prompts every round is evaluated on (the first seeded choice of the eval
   split, the same for every round)."""
   config = exp.config
-  return round_prompts(exp.eval_source, exp.tokenizer, config.online.eval_prompts, seed=0,
-                       max_prompt_len=config.data.max_prompt_len, split=config.data.eval_split)
+  return round_prompts(exp.eval_batches.pairs, exp.eval_source, config.online.eval_prompts,
+                       seed=0)
 
 
 def eval_responses(exp: Experiment, params, prompts: list[dict]) -> list[list[int]]:
@@ -537,10 +614,11 @@ def eval_samples_of_pi_0(exp: Experiment, workdir: str, pi_0) -> list[list[int]]
                 lambda: eval_responses(exp, pi_0, eval_prompts(exp)))
 
 
-def evaluate_policy(exp: Experiment, oracle, verifier, prompts: list[dict],
+def evaluate_policy(exp: Experiment, oracle, prompts: list[dict],
                     responses: list[list[int]], baseline: list[list[int]]) -> dict:
-  """`eval/win_rate`, `eval/lc_win_rate`, `eval/length` (and `eval/accuracy` with a
-  verifier) of `responses` against the `baseline` responses (π_0's) under the oracle.
+  """`eval/win_rate`, `eval/lc_win_rate`, `eval/length` (and `eval/accuracy` where the
+  verifier has a rule for every prompt: the built-in task, or records with reference
+  answers) of `responses` against the `baseline` responses (π_0's) under the oracle.
 
   The oracle sees each prompt's two responses as K = 2 candidates; P(response ≻ baseline)
   is its [0, 1] entry. Lengths are completion tokens without the eos.
@@ -551,10 +629,11 @@ def evaluate_policy(exp: Experiment, oracle, verifier, prompts: list[dict],
   judgement = oracle.judge(cands)
   prefs = judgement.preferences[:, 0, 1]
   length = lambda ids: len(ids) - (ids[-1:] == [eos])  # noqa: E731
-  accuracy = None
-  if verifier is not None:  # the oracle's own verdict when the oracle is the verifier
-    correct = (judgement.correct if judgement.correct is not None
-               else verifier.judge(cands).correct)
+  accuracy, correct = None, judgement.correct  # the oracle's own verdict when it verifies
+  if correct is None:
+    verifier = oracles_lib.verifier_for(exp.config, exp.tokenizer, cands)
+    correct = None if verifier is None else verifier.judge(cands).correct
+  if correct is not None:
     accuracy = float(np.mean(correct[:, 0]))
   return win_rates.round_summary(prefs, np.asarray([length(r) for r in responses], np.float64),
                                  np.asarray([length(b) for b in baseline], np.float64),
@@ -591,11 +670,10 @@ def evaluate_checkpoint(config, workdir: str, path: str) -> dict:
   oracle of `config` (experiments/evaluate.py)."""
   exp = build(config, workdir)
   oracle = oracles_lib.make_oracle(config, exp.tokenizer, exp.mesh)
-  verifier = oracles_lib.verifier_for(config, exp.tokenizer)
   prompts = eval_prompts(exp)
   baseline = eval_samples_of_pi_0(exp, workdir, start_policy(exp, workdir))
   responses = eval_responses(exp, load_policy(exp, path), prompts)
-  return evaluate_policy(exp, oracle, verifier, prompts, responses, baseline)
+  return evaluate_policy(exp, oracle, prompts, responses, baseline)
 
 
 # ---------------------------------------------------------------------------------------
@@ -677,15 +755,14 @@ def _iterate(config, workdir: str, changes: dict, stop_at) -> dict:
   if jax.process_index() == 0:
     workdir_lib.record_config(config, workdir, changes, step=None)
   oracle = oracles_lib.make_oracle(config, exp.tokenizer, exp.mesh)
-  verifier = oracles_lib.verifier_for(config, exp.tokenizer)
   online = config.online
+  check_online_data(exp, verifier=oracle.name == "verifier")
 
   pi_0 = start_policy(exp, workdir)
   prompts = eval_prompts(exp)
   baseline = eval_samples_of_pi_0(exp, workdir, pi_0)
   _stage(os.path.join(workdir, "round_0", "eval.json"),
-         lambda: {"round": 0, **evaluate_policy(exp, oracle, verifier, prompts, baseline,
-                                                baseline)})
+         lambda: {"round": 0, **evaluate_policy(exp, oracle, prompts, baseline, baseline)})
   _write_round_metrics(workdir, online.rounds)
 
   anchors = Anchors(reference=pi_0, previous=pi_0, prm=pi_0 if needs.online.prm else None)
@@ -707,7 +784,7 @@ def _iterate(config, workdir: str, changes: dict, stop_at) -> dict:
     evaluated = _stage(
         os.path.join(workdir, f"round_{t}", "eval.json"),
         lambda: {"round": t, **evaluate_policy(
-            exp, oracle, verifier, prompts,
+            exp, oracle, prompts,
             _stage(os.path.join(workdir, f"round_{t}", "eval_samples.json"),
                    lambda: eval_responses(exp, anchors.previous, prompts)), baseline)})
     logging.info("round %d: %s", t, evaluated)

@@ -13,20 +13,23 @@ Headline (abstract):
 |---|---|---|---|
 | Orca-2.5 7B + DNO | AlpacaEval 2.0 win rate vs GPT-4-Turbo (also length-controlled) | 33% (from 7%) | abstract |
 
-Data: UltraFeedback prompts (input only), split into disjoint per-round partitions;
-GPT-4-Turbo is both the teacher and the preference oracle [unverified: §5]. The online
-rounds here run on the built-in task only (`training.config_check` refuses `data.path` for
-online losses), so the paper preset names its oracle (a judge callable wrapping GPT-4-Turbo,
-to be written by the user) and leaves the prompts to a future prompt reader.
+Data: UltraFeedback prompts, split into disjoint per-round partitions
+(`online.prompt_order='partition'`); GPT-4-Turbo is both the teacher and the preference
+oracle [unverified: §5]. The teacher candidate is each record's `chosen` response, so the
+file holds prompt/chosen/rejected records (UltraFeedback-binarized's layout; put the
+teacher's response in `chosen`) or unpaired prompt/completion/label records; the oracle is
+a judge callable wrapping GPT-4-Turbo, written by the user.
 
 One host (the online driver runs on one process; shard the model over the host's chips):
 
     python -m experiments.reproduce --recipe=dno --preset=paper --workdir=/tmp/dno_paper \
-        --checkpoint=/path/to/orca-2.5-7b --set=online.judge=judges.gpt4_turbo:judge \
-        --set=mesh.fsdp=8
+        --checkpoint=/path/to/orca-2.5-7b --data=/path/to/ultrafeedback_binarized \
+        --set=online.judge=judges.gpt4_turbo:judge --set=mesh.fsdp=8
     python -m experiments.iterate --config=configs/reproduce/dno.py:paper \
         --workdir=/tmp/dno_paper --config.model.init_from=/path/to/orca-2.5-7b \
-        --config.data.tokenizer=/path/to/orca-2.5-7b --config.online.judge=judges.gpt4_turbo:judge
+        --config.data.tokenizer=/path/to/orca-2.5-7b \
+        --config.data.path=/path/to/ultrafeedback_binarized \
+        --config.online.judge=judges.gpt4_turbo:judge
 
 A multi-host pod: not yet (online rounds run on one process, `config_check`); run the
 command above on one host of the pod.
@@ -56,8 +59,8 @@ PAPER = {
 DATA = {
     "dataset": "UltraFeedback prompts (openbmb/UltraFeedback `instruction`) [unverified]",
     "splits": ("train",),
-    "columns": "instruction (prompt only); responses come from the policy and the teacher",
-    "layout": "online rounds (the built-in task for now)",
+    "columns": "prompt, chosen (the teacher's response), rejected; samples from the policy",
+    "layout": "pairs (UltraFeedback-binarized), the chosen response as the teacher",
 }
 
 
@@ -74,6 +77,10 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.online.rounds = 3  # §5: 3 iterations (6 in "more data") [unverified]
   config.online.num_samples = 5  # §5: K = 5 samples per prompt [unverified]
   config.online.num_prompts = 20000  # §5: disjoint UltraFeedback partitions [unverified]
+  config.online.prompt_order = "partition"  # §5: one disjoint prompt set per iteration
+  config.data.path = "/path/to/ultrafeedback_binarized"  # §5 UltraFeedback [unverified]
+  config.data.train_split = "train_prefs"  # HuggingFaceH4 release's split [unverified]
+  config.data.eval_split = "test_prefs"  # HuggingFaceH4 release's split [unverified]
   config.online.temperature = 1.0  # [unverified: not recovered]
   config.online.max_new_tokens = 2048  # [unverified: not recovered]
   config.online.sft_steps = 0  # π_1 is the SFT model (Alg. 2 input)

@@ -15,18 +15,19 @@ Headline:
 
 Data: prompts `UCLA-AGI/data-mistral-7b-instruct-sppo-iter{1,2,3}` (UltraFeedback prompts,
 column `prompt`), one set per round; the oracle is a trained GPM (`online.scorer=gpm`,
-`online.scorer_path` = the workdir of a `configs/gpm.py` run). The online rounds here run on
-the built-in task only (`training.config_check` refuses `data.path` for online losses).
+`online.scorer_path` = the workdir of a `configs/gpm.py` run). The three sets go in one
+train file, cut into disjoint per-round slices (`online.prompt_order='partition'`); their
+`chosen` / `rejected` columns (the earlier pipeline's samples) are read but not used.
 
 One host (one process; shard the model over the host's chips):
 
     python -m experiments.reproduce --recipe=gpo --preset=paper --workdir=/tmp/gpo_paper \
-        --checkpoint=/path/to/Meta-Llama-3-8B-Instruct \
+        --checkpoint=/path/to/Meta-Llama-3-8B-Instruct --data=/path/to/sppo_prompts \
         --set=online.scorer_path=/path/to/gpm_run --set=mesh.fsdp=8
     python -m experiments.iterate --config=configs/reproduce/gpo.py:paper \
         --workdir=/tmp/gpo_paper --config.model.init_from=/path/to/Meta-Llama-3-8B-Instruct \
         --config.data.tokenizer=/path/to/Meta-Llama-3-8B-Instruct \
-        --config.online.scorer_path=/path/to/gpm_run
+        --config.data.path=/path/to/sppo_prompts --config.online.scorer_path=/path/to/gpm_run
 
 A multi-host pod: not yet (online rounds run on one process); use one host of the pod.
 
@@ -56,8 +57,8 @@ PAPER = {
 DATA = {
     "dataset": "UCLA-AGI/data-mistral-7b-instruct-sppo-iter{1,2,3}",
     "splits": ("train",),
-    "columns": "prompt; responses come from the policy",
-    "layout": "online rounds (the built-in task for now)",
+    "columns": "prompt (chosen / rejected unused); responses come from the policy",
+    "layout": "pairs, or prompts only",
 }
 
 
@@ -71,6 +72,8 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.online.rounds = 3  # LLM-Alignment scripts: 3 SPPO iterations
   config.online.num_samples = 5  # LLM-Alignment scripts: K = 5 (SPPO generate.sh pairs=5)
   config.online.num_prompts = 20000  # sppo-iter{t} prompt sets, ~20k each [unverified]
+  config.online.prompt_order = "partition"  # scripts: one disjoint prompt set per iteration
+  config.data.path = "/path/to/sppo_prompts"  # scripts: sppo-iter{1,2,3} prompts, one file
   config.online.temperature = 0.7  # SPPO scripts/generate.py [unverified]
   config.online.max_new_tokens = 2048  # SPPO scripts/generate.py [unverified]
   config.online.sft_steps = 0  # algorithms.md §5.2: π_0 = instruct model

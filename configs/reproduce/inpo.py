@@ -15,19 +15,20 @@ Headline (abstract):
 
 Data (RLHFlow's iterative recipe [unverified, algorithms.md §4.3]): SFT model
 `RLHFlow/LLaMA3-SFT`, prompts `RLHFlow/iterative-prompt-v1-iter{1,2,3}-20K` (column
-`context_messages`/prompt, one 20K set per round), oracle
-`RLHFlow/pair-preference-model-LLaMA3-8B` (a general preference model; wrap it as a judge
-callable). The online rounds here run on the built-in task only (`training.config_check`
-refuses `data.path` for online losses).
+`context_messages`, renamed `prompt`: the prompt-only layout, one 20K set per round, here
+the three sets in one file cut into disjoint slices, `online.prompt_order='partition'`),
+oracle `RLHFlow/pair-preference-model-LLaMA3-8B` (a general preference model; wrap it as a
+judge callable).
 
 One host (one process; shard the model over the host's chips):
 
     python -m experiments.reproduce --recipe=inpo --preset=paper --workdir=/tmp/inpo_paper \
-        --checkpoint=/path/to/LLaMA3-SFT --set=online.judge=judges.rlhflow_pm:judge \
-        --set=mesh.fsdp=8
+        --checkpoint=/path/to/LLaMA3-SFT --data=/path/to/iterative-prompt-v1 \
+        --set=online.judge=judges.rlhflow_pm:judge --set=mesh.fsdp=8
     python -m experiments.iterate --config=configs/reproduce/inpo.py:paper \
         --workdir=/tmp/inpo_paper --config.model.init_from=/path/to/LLaMA3-SFT \
-        --config.data.tokenizer=/path/to/LLaMA3-SFT --config.online.judge=judges.rlhflow_pm:judge
+        --config.data.tokenizer=/path/to/LLaMA3-SFT --config.data.path=/path/to/iterative-prompt-v1 \
+        --config.online.judge=judges.rlhflow_pm:judge
 
 A multi-host pod: not yet (online rounds run on one process); use one host of the pod.
 
@@ -55,8 +56,8 @@ PAPER = {
 DATA = {
     "dataset": "RLHFlow/iterative-prompt-v1-iter{1,2,3}-20K [unverified]",
     "splits": ("train",),
-    "columns": "prompt (context_messages); responses come from the policy",
-    "layout": "online rounds (the built-in task for now)",
+    "columns": "prompt (context_messages, renamed) [unverified]; responses from the policy",
+    "layout": "prompts only (messages)",
 }
 
 
@@ -68,6 +69,8 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.online.judge = "my_pkg.rlhflow_pm:judge"  # §5 oracle; placeholder [unverified]
   config.online.rounds = 3  # §5: three iterations, iter{1,2,3} prompt sets [unverified]
   config.online.num_prompts = 20000  # iterative-prompt-v1-iter*-20K [unverified]
+  config.online.prompt_order = "partition"  # §5: one disjoint 20K set per iteration
+  config.data.path = "/path/to/iterative-prompt-v1"  # iter{1,2,3}-20K, one file [unverified]
   config.online.num_samples = 8  # RLHFlow recipe's best-of-8 pairs [unverified]
   config.online.temperature = 1.0  # [unverified: not recovered]
   config.online.max_new_tokens = 2048  # MNPO config max_length 2048 [unverified]

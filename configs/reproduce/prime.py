@@ -11,18 +11,19 @@ Headline (README table, greedy decoding):
 | Eurus-2-7B-PRIME | average of the five | 48.9 (SFT start: 32.2) | README |
 
 Data: `PRIME-RL/Eurus-2-RL-Data` (about 150K math and code queries with rule-verifiable
-answers), columns `prompt` (messages) and `reward_model.ground_truth`. The online rounds
-here run on the built-in task only (`training.config_check` refuses `data.path` for online
-losses, and the outcome reward is the built-in verifier), so the paper preset fixes the
-model and every hyperparameter and waits for a math verifier and prompt reader.
+answers), columns `prompt` (messages) and `reward_model.ground_truth`, read as they are (the
+prompt-only layout; the ground truth is the record's reference answer). The outcome reward
+is `data.math_answers` (the last \boxed{} answer against the reference); it has no code
+executor, so keep the math rows only (the dataset's `ability` column) [unverified].
 
 One host (one process; shard the model over the host's chips):
 
     python -m experiments.reproduce --recipe=prime --preset=paper --workdir=/tmp/prime_paper \
-        --checkpoint=/path/to/Eurus-2-7B-SFT --set=mesh.fsdp=8
+        --checkpoint=/path/to/Eurus-2-7B-SFT --data=/path/to/Eurus-2-RL-Data --set=mesh.fsdp=8
     python -m experiments.iterate --config=configs/reproduce/prime.py:paper \
         --workdir=/tmp/prime_paper --config.model.init_from=/path/to/Eurus-2-7B-SFT \
-        --config.data.tokenizer=/path/to/Eurus-2-7B-SFT
+        --config.data.tokenizer=/path/to/Eurus-2-7B-SFT \
+        --config.data.path=/path/to/Eurus-2-RL-Data
 
 A multi-host pod: not yet (online rounds run on one process); use one host of the pod.
 
@@ -51,7 +52,7 @@ DATA = {
     "dataset": "PRIME-RL/Eurus-2-RL-Data",
     "splits": ("train", "validation"),
     "columns": "prompt (messages), reward_model.ground_truth",
-    "layout": "online rounds (the built-in task and its verifier for now)",
+    "layout": "prompts only (messages), the math rows",
 }
 
 
@@ -72,6 +73,9 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.online.rollouts_per_round = 16  # [unverified: evaluation cadence]
   config.online.rounds = 37  # 37 x 16 = 592 rollouts [unverified]
   config.online.eval_prompts = 500  # MATH-500, greedy (README table)
+  config.data.path = "/path/to/Eurus-2-RL-Data"  # README: the RL data, math rows [unverified]
+  config.data.train_split = "train"  # Eurus-2-RL-Data dataset card: splits
+  config.data.eval_split = "validation"  # dataset card: validation (not MATH-500) [unverified]
   config.online.eval_temperature = 0.0  # README: greedy decoding
   config.loss.ppo_clip = 0.2  # verl actor clip_ratio 0.2 (run_prime_main.sh)
   config.loss.prm_beta = 0.05  # run_prime_main.sh reward_model.model.beta_train=0.05
