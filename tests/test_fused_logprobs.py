@@ -88,7 +88,8 @@ _FAST = {"completion_head": {"model.logits_on": "completion"},
 @pytest.mark.parametrize("overrides", [
     {"loss.name": "dpo", "eval_batch_size": 16},
     {"loss.name": "simpo", "loss.beta": 2.0, "loss.sft_weight": 1.0},
-    {"loss.name": "dpo", "grad_accum_steps": 2},
+    # ~30 s each; gradient accumulation's equivalence is also checked in test_training
+    pytest.param({"loss.name": "dpo", "grad_accum_steps": 2}, marks=pytest.mark.slow),
 ], ids=["dpo", "simpo_reference_free", "dpo_grad_accum_2"])
 def test_train_and_eval_step_fast_logps_equal_full_head(tmp_path, tfds_dir, overrides, fast):
   """loop's step with the completion head or the shared prompt == the plain full head:

@@ -70,7 +70,11 @@ def test_micro_batches_are_packed_apart_where_the_step_splits_them():
 
 
 @pytest.mark.parametrize("loss, grad_accum, processes",
-                         [("dpo", 1, 1), ("simpo", 1, 1), ("dpo", 2, 1), ("dpo", 2, 2)])
+                         [("dpo", 1, 1),
+                          # ~15 s each (the suite's budget); dpo-2-2 keeps accumulation
+                          pytest.param("simpo", 1, 1, marks=pytest.mark.slow),
+                          pytest.param("dpo", 2, 1, marks=pytest.mark.slow),
+                          ("dpo", 2, 2)])
 def test_packed_step_equals_the_unpacked_step(tmp_path, tfds_dir, loss, grad_accum, processes):
   """Two train steps on packed batches give the losses and params of the plain batches,
   with and without gradient accumulation. With two processes, each packs its own slice and

@@ -1,13 +1,11 @@
 """The shared train step and loop: equivalences, resume, layouts, validation."""
 
-import json
 import math
 import os
 import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -141,6 +139,7 @@ def _mesh_run(tmp_path, tfds_dir, devices, data, fsdp, tensor, accum=1, share_pr
   return dict(np.load(out))
 
 
+@pytest.mark.slow  # ~40 s; test_model_partitioning's 2x2x2 forward stays in the default suite
 def test_2x2x2_mesh_on_8_devices_matches_one_device(tmp_path, tfds_dir):
   """Also: the shared prompt forward on the sharded mesh equals the plain one on one device."""
   single = _mesh_run(tmp_path, tfds_dir, 1, 1, 1, 1)
