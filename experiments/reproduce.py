@@ -212,6 +212,8 @@ def our_numbers(config: ConfigDict, summary: dict, metric: str) -> dict:
   }
   if per_round is not None:
     out["rounds"] = per_round
+  if "best_of_n" in summary:
+    out["best_of_n"] = summary["best_of_n"]
   return out
 
 
@@ -258,6 +260,14 @@ def results_markdown(record: dict) -> str:
     start = ours["first"].get(k)
     lines.append(f"| {label} | {record['model']} | held-out `{k}` "
                  f"| {_fmt(start)} → {_fmt(ours['final'][k])} | WORKDIR/metrics.jsonl |")
+  if "best_of_n" in ours:
+    bon = ours["best_of_n"]
+    for key, what in (("bon/accuracy", "the PRM's pick right"),
+                      ("bon/random_accuracy", "a random pick right (floor)"),
+                      ("bon/oracle_accuracy", "any of the N right (pass@N, ceiling)")):
+      lines.append(f"| {label} | {record['model']} | best-of-{bon['bon/n']} on "
+                   f"{bon['bon/prompts']} held-out prompts: {what} | {_fmt(bon[key])} "
+                   f"| WORKDIR/best_of_n.json |")
   if "rounds" in ours:
     lines += ["", "| round | " + " | ".join(k for k in ours["rounds"][0] if k != "round") + " |",
               "|---" * len(ours["rounds"][0]) + "|"]
@@ -291,7 +301,17 @@ def reproduce(recipe: str, preset: str, workdir: str, *, data: str | None = None
 
   start = time.time()
   config = build_config(recipe, preset, data=data, checkpoint=checkpoint, overrides=overrides)
+  module = recipe_module(recipe)
+  rollouts = getattr(module, "ROLLOUTS", {}).get(preset)
+  if rollouts:  # the paper's data built in miniature first (implicit PRM)
+    from training import best_of_n
+    config.model.init_from, config.data.path = best_of_n.prepare_rollout_data(
+        config, workdir, **rollouts)
   summary = run(config, workdir)
+  bon = getattr(module, "BEST_OF_N", {}).get(preset)
+  if bon:
+    from training import best_of_n
+    summary["best_of_n"] = best_of_n.evaluate(config, workdir, best_of_n.BestOfN(**bon))
   record = results_record(recipe, preset, config, summary, time.time() - start)
   if jax.process_index() == 0:
     write_results(workdir, record)

@@ -211,5 +211,8 @@ def test_tiny_recipe_end_to_end(recipe, tmp_path):
     rounds = _module(recipe).get_config("tiny").online.rounds
     assert [r["round"] for r in ours["rounds"]] == list(range(rounds + 1))
   assert ours["passed"], f"{recipe}: {ours}"
+  if recipe == "implicit_prm":  # best-of-8 with the PRM beats a random pick of the 8
+    bon = ours["best_of_n"]
+    assert bon["bon/random_accuracy"] < bon["bon/accuracy"] <= bon["bon/oracle_accuracy"]
   with open(os.path.join(workdir, "results.md")) as f:
     assert "NOT comparable" in f.read()
