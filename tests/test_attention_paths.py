@@ -117,26 +117,29 @@ def _model_loss_and_grads(cfg: ModelConfig, params=None):
   return loss, grads, params
 
 
-@pytest.mark.slow  # two whole-model gradient compiles: ~30 s on 2 loaded CPU cores
-def test_model_dot_product_matches_autodiff():
+@pytest.mark.slow  # two whole-model gradient compiles each: ~20-30 s on 2 loaded CPU cores
+@pytest.mark.parametrize('impl', ['dot_product', 'pallas_interpret'])
+def test_model_matches_autodiff(impl):
   """The whole model (GQA, packed segments, sliding window on the odd layer, a shared
-  prompt forward) with attention_impl='dot_product' against 'autodiff'."""
+  prompt forward) with attention_impl=`impl` against 'autodiff'."""
   cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2,
                     num_heads=4, num_kv_heads=2, sliding_window=3,
                     layer_types=('sliding_attention', 'full_attention'),
                     attention_impl='autodiff', mlp_impl='autodiff', architecture='qwen2',
                     qkv_bias=True)
   ref_loss, ref_grads, params = _model_loss_and_grads(cfg)
-  loss, grads, _ = _model_loss_and_grads(cfg.replace(attention_impl='dot_product'), params)
+  loss, grads, _ = _model_loss_and_grads(cfg.replace(attention_impl=impl), params)
   _close(loss, ref_loss)
   _close(grads, ref_grads)
 
 
-def test_softcap_falls_back_to_autodiff():
-  """Gemma 2's soft-capped scores cannot go through jax.nn.dot_product_attention."""
+@pytest.mark.parametrize('impl', ['dot_product', 'pallas'])
+def test_softcap_falls_back_to_autodiff(impl):
+  """Gemma 2's soft-capped scores go through neither jax.nn.dot_product_attention nor the
+  Pallas kernel."""
   cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=1,
                     num_heads=4, num_kv_heads=2, attn_logit_softcapping=50.0,
-                    attention_impl='dot_product')
+                    attention_impl=impl)
   model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
   assert model.layers[0].attn.impl == 'autodiff'
 
@@ -209,27 +212,3 @@ def test_config_check_refuses_pallas_off_tpu():
   if jax.default_backend() != 'tpu':
     with pytest.raises(config_check.ConfigError, match='model.attention_impl'):
       config_check.validate(micro_config(**{'model.attention_impl': 'pallas'}))
-
-
-@pytest.mark.slow  # two whole-model gradient compiles, 6 interpreted kernels: ~19 s on 2 CPUs
-def test_model_pallas_matches_autodiff():
-  """The whole model (GQA, packed segments, sliding window on the odd layer, a shared
-  prompt forward) with attention_impl='pallas_interpret' against 'autodiff'."""
-  cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2,
-                    num_heads=4, num_kv_heads=2, sliding_window=3,
-                    layer_types=('sliding_attention', 'full_attention'),
-                    attention_impl='autodiff', mlp_impl='autodiff', architecture='qwen2',
-                    qkv_bias=True)
-  ref_loss, ref_grads, params = _model_loss_and_grads(cfg)
-  loss, grads, _ = _model_loss_and_grads(cfg.replace(attention_impl='pallas_interpret'),
-                                         params)
-  _close(loss, ref_loss)
-  _close(grads, ref_grads)
-
-
-def test_softcap_falls_back_from_pallas():
-  cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=1,
-                    num_heads=4, num_kv_heads=2, attn_logit_softcapping=50.0,
-                    attention_impl='pallas')
-  model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
-  assert model.layers[0].attn.impl == 'autodiff'

@@ -404,21 +404,48 @@ def test_tiny_dpo_trains_on_templated_conversations(tokenizer_json, tmp_path):
 # Online rounds on a templated math dataset.
 
 
+def _online_run(tmp_path, tokenizer_json, shape, loss, splits, **online):
+  """(config, hf tokenizer) of `loss`'s micro online preset on a random-init checkpoint with
+  the `shape` chat template, reading `splits` (name -> records) written as JSONL."""
+  import models
+  from flax import nnx
+  from tests.conftest import micro_online
+
+  template, specials = SHAPES[shape]
+  hf_dir = write_tokenizer_dir(tmp_path / "hf", tokenizer_json, template, specials)
+  cfg = models.ModelConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_layers=2,
+                           num_heads=4, num_kv_heads=2, max_position_embeddings=128)
+  models.to_hf(models.Transformer(cfg, rngs=nnx.Rngs(0)), hf_dir)
+  data = tmp_path / "data"
+  data.mkdir()
+  for split, records in splits.items():
+    _jsonl(data / f"{split}.jsonl", records)
+  config = micro_online(loss, str(tmp_path / "tfds"), rounds=1, **online)
+  config.model.init_from = config.data.tokenizer = hf_dir
+  config.data.update(path=str(data), eval_split=[n for n in splits if n != "train"][0],
+                     max_prompt_len=96, max_completion_len=32, buckets=(128,))
+  config.update(total_steps=2, batch_size=8)
+  return config, transformers.AutoTokenizer.from_pretrained(hf_dir)
+
+
+def _round_file(workdir, name):
+  with open(os.path.join(workdir, "round_1", name)) as f:
+    return json.load(f)
+
+
+def _prompt_of(records, text):
+  """The record whose prompt messages render (built-in format) to `text`."""
+  return next(r for r in records
+              if readers.render_messages(r["prompt"]) + readers.GENERATION_HEADER == text)
+
+
 def test_online_round_samples_after_the_templates_generation_prompt(tokenizer_json, tmp_path):
   """A DNO round on conversational records with reference answers and a Llama 3 template:
   every sampled prompt is `apply_chat_template(prompt, add_generation_prompt=True)`, the
   teacher candidate is the chosen turn as training tokenizes it, and the verifier judges
   answers against each record's `answer` (the teacher states it, so it is always right)."""
-  import models
-  from flax import nnx
-  from tests.conftest import micro_online
   from training import rounds
 
-  template, specials = SHAPES["llama3"]
-  hf_dir = write_tokenizer_dir(tmp_path / "hf", tokenizer_json, template, specials)
-  cfg = models.ModelConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_layers=2,
-                           num_heads=4, num_kv_heads=2, max_position_embeddings=128)
-  models.to_hf(models.Transformer(cfg, rngs=nnx.Rngs(0)), hf_dir)
   records = []
   for i in range(24):
     a, b = divmod(i * 7 + 3, 10)
@@ -427,37 +454,25 @@ def test_online_round_samples_after_the_templates_generation_prompt(tokenizer_js
     records.append({"prompt": prompt,
                     "chosen": [_msg("assistant", f"{a} + {b} = \\boxed{{{a + b}}}")],
                     "rejected": [_msg("assistant", "No idea.")], "answer": a + b})
-  data = tmp_path / "math"
-  data.mkdir()
-  _jsonl(data / "train.jsonl", records[:16])
-  _jsonl(data / "test.jsonl", records[16:])
-  config = micro_online("dno", str(tmp_path / "tfds"), rounds=1, teacher=True, sft_steps=0,
-                        num_prompts=16, eval_prompts=8)
-  config.model.init_from = config.data.tokenizer = hf_dir
-  config.data.update(path=str(data), max_prompt_len=96, max_completion_len=32, buckets=(128,))
-  config.update(total_steps=2, batch_size=8)
+  config, hf = _online_run(tmp_path, tokenizer_json, "llama3", "dno",
+                           {"train": records[:16], "test": records[16:]}, teacher=True,
+                           sft_steps=0, num_prompts=16, eval_prompts=8)
   workdir = str(tmp_path / "run")
   summary = rounds.iterate(config, workdir)
   assert [r["round"] for r in summary["rounds"]] == [0, 1]
-
-  hf = transformers.AutoTokenizer.from_pretrained(hf_dir)
-  with open(os.path.join(workdir, "round_1", "samples.json")) as f:
-    samples = json.load(f)
+  samples = _round_file(workdir, "samples.json")
   assert len(samples["prompts"]) == 16
   for p in samples["prompts"]:
-    record = next(r for r in records[:16] if readers.render_messages(r["prompt"])
-                  + readers.GENERATION_HEADER == p["prompt"])
+    record = _prompt_of(records[:16], p["prompt"])
     assert p["answer"] == str(record["answer"])
     prompt_ids = reference_ids(hf, record["prompt"], add_generation_prompt=True)
     assert p["ids"] == prompt_ids
     assert p["teacher"] == reference_ids(hf, record["prompt"] + record["chosen"])[
         len(prompt_ids):]
-  with open(os.path.join(workdir, "round_1", "scores.json")) as f:
-    correct = np.asarray(json.load(f)["correct"])
+  correct = np.asarray(_round_file(workdir, "scores.json")["correct"])
   assert correct.shape == (16, config.online.num_samples + 1)
   np.testing.assert_array_equal(correct[:, -1], 1.0)  # the teacher's boxed sum
-  with open(os.path.join(workdir, "round_1", "eval.json")) as f:
-    assert 0.0 <= json.load(f)["eval/accuracy"] <= 1.0  # records with answers: accuracy
+  assert 0.0 <= _round_file(workdir, "eval.json")["eval/accuracy"] <= 1.0  # answers: accuracy
 
 
 def test_the_verifier_refuses_a_record_without_an_answer_before_training(tokenizer_json,
@@ -484,29 +499,14 @@ def test_prime_rounds_on_a_prompt_only_math_set(tokenizer_json, tmp_path):
   `reward_model.ground_truth`) through a ChatML template: the rows are the sampled groups,
   each response labelled by the math verifier against its prompt's reference; an SFT
   warm-up, which needs chosen responses, is refused before any compute."""
-  import models
-  from flax import nnx
-  from tests.conftest import micro_online
   from training import rounds
 
-  template, specials = SHAPES["chatml"]
-  hf_dir = write_tokenizer_dir(tmp_path / "hf", tokenizer_json, template, specials)
-  cfg = models.ModelConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_layers=2,
-                           num_heads=4, num_kv_heads=2, max_position_embeddings=128)
-  models.to_hf(models.Transformer(cfg, rngs=nnx.Rngs(0)), hf_dir)
   records = [{"prompt": [_msg("user", f"What is {i} + {i}? Put it in \\boxed{{}}.")],
               "reward_model": {"ground_truth": str(2 * i), "style": "rule"}}
              for i in range(24)]
-  data = tmp_path / "eurus"
-  data.mkdir()
-  _jsonl(data / "train.jsonl", records[:16])
-  _jsonl(data / "validation.jsonl", records[16:])
-  config = micro_online("prime", str(tmp_path / "tfds"), rounds=1, sft_steps=150,
-                        num_prompts=8, eval_prompts=8)
-  config.model.init_from = config.data.tokenizer = hf_dir
-  config.data.update(path=str(data), eval_split="validation", max_prompt_len=64,
-                     max_completion_len=32, buckets=(96,))
-  config.update(total_steps=2, batch_size=8)
+  config, hf = _online_run(tmp_path, tokenizer_json, "chatml", "prime",
+                           {"train": records[:16], "validation": records[16:]},
+                           sft_steps=150, num_prompts=8, eval_prompts=8)
   with pytest.raises(DataError, match=r"train\.jsonl:1: record 0: field 'chosen': missing; "
                                       r"config\.online\.sft_steps=150 train on"):
     rounds.iterate(config, str(tmp_path / "sft"))
@@ -514,18 +514,12 @@ def test_prime_rounds_on_a_prompt_only_math_set(tokenizer_json, tmp_path):
   workdir = str(tmp_path / "run")
   summary = rounds.iterate(config, workdir)
   assert [r["round"] for r in summary["rounds"]] == [0, 1]
-  hf = transformers.AutoTokenizer.from_pretrained(hf_dir)
-  with open(os.path.join(workdir, "round_1", "samples.json")) as f:
-    samples = json.load(f)
-  for p in samples["prompts"]:
-    record = next(r for r in records if r["reward_model"]["ground_truth"] == p["answer"])
-    assert p["prompt"] == readers.render_messages(record["prompt"]) + readers.GENERATION_HEADER
+  for p in _round_file(workdir, "samples.json")["prompts"]:
+    record = _prompt_of(records, p["prompt"])
+    assert p["answer"] == record["reward_model"]["ground_truth"] and p["teacher"] is None
     assert p["ids"] == reference_ids(hf, record["prompt"], add_generation_prompt=True)
-    assert p["teacher"] is None
-  with open(os.path.join(workdir, "round_1", "rows.json")) as f:
-    rows = json.load(f)
+  rows = _round_file(workdir, "rows.json")
   assert len(rows) == 8 * config.online.num_samples  # accuracy_range (0, 1) keeps every group
-  labels = {r["extras"]["chosen_label"] for r in rows}
-  assert labels <= {0.0, 1.0}
+  assert {r["extras"]["chosen_label"] for r in rows} <= {0.0, 1.0}
   with open(os.path.join(workdir, "round_0", "eval.json")) as f:
     assert "eval/accuracy" in json.load(f)
