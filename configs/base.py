@@ -149,6 +149,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.mesh.data = -1  # -1: all devices not used by fsdp and tensor
   config.mesh.fsdp = 1
   config.mesh.tensor = 1
+  # Pin the residual stream's batch axis to data x fsdp in the train / eval steps
+  # (models/partitioning.py): FSDP proper. Off: GSPMD follows the weights' embed -> fsdp
+  # layout into the activations. Which plans less memory depends on the preset
+  # (docs/performance.md, "Activations on an fsdp mesh"); the same maths either way.
+  config.mesh.shard_activations = False
 
   # Resuming a workdir refuses a changed field that changes the run's result (see
   # training/workdir.py FREE_FIELDS for those that do not); list fields here to change them on

@@ -94,6 +94,15 @@ _YNN = flags.DEFINE_string(
     "Value of --xla_cpu_experimental_ynn_fusion_type, which only XLA:CPU reads. '' (the "
     "default) turns YNNPACK fusions off, 'reduce' keeps them for reductions only, 'default' "
     "leaves XLA's own choice (dots + reductions). Ignored when XLA_FLAGS already sets it.")
+_REUSE_HOST_BUFFERS = flags.DEFINE_bool(
+    "cpu_reuse_host_buffers", False,
+    "glibc only, before JAX starts its threads: serve every thread's malloc from one heap that "
+    "is never handed back to the OS (mallopt M_ARENA_MAX=1, M_MMAP_MAX=0, M_TRIM_THRESHOLD "
+    "2^31-1). XLA:CPU allocates each execution's temporaries as one buffer (506 MiB at "
+    "bench_tiny) from a pool thread; glibc maps that afresh every step, and the page faults "
+    "and zeroing cost ~0.2 CPU-s per step (docs/performance.md). Host memory only. Off by "
+    "default: PyTorch gains about as much from the same settings, so a comparison with the "
+    "TRL anchor gives both or neither.")
 
 # Dense bf16 peak FLOP/s per chip, matched as a substring of `device.device_kind` (lower case,
 # first match wins, so the more specific names come first).
@@ -112,6 +121,27 @@ PEAK_BF16_FLOPS = (
 )
 
 _YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+
+
+# Whether main() applied --cpu_reuse_host_buffers (recorded in the result line).
+_host_buffers_reused = False
+
+
+def reuse_host_buffers() -> bool:
+  """`--cpu_reuse_host_buffers`: glibc's mallopt so that large freed blocks are reused.
+
+  Must run before JAX creates its thread pools (a thread keeps the arena it first got).
+  Returns whether every mallopt call succeeded (False without glibc).
+  """
+  import ctypes
+
+  try:
+    mallopt = ctypes.CDLL(None).mallopt
+  except (OSError, AttributeError):
+    return False
+  m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # glibc's <malloc.h>
+  settings = ((m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, 2**31 - 1))
+  return all(mallopt(param, value) == 1 for param, value in settings)
 
 
 def set_cpu_xla_flags(ynn_fusion_type: str) -> str:
@@ -185,44 +215,62 @@ def compiled_memory(config) -> dict:
   activations kept for the backward); the step's peak is at most
   argument + output − alias + temp. On CPU this is XLA:CPU's plan (fusion and layouts differ
   on a GPU), so compare in-step against precomputed on the same backend, not across backends.
+
+  The state, reference and batch carry the shardings of `build_step` on `config.mesh`
+  (parameters and Adam moments by `models.param_partition_specs`, the batch over data x
+  fsdp), so the step is compiled SPMD-partitioned and the byte counts are one device's
+  (`saved_residual_bytes` stays the whole batch's, from unsharded tracing).
   """
   import jax
   import jax.numpy as jnp
   from flax import nnx
 
   import algorithms
+  import models
   from training import experiment
+  from training.mesh import batch_sharding, make_mesh, replicated
   from training.optim import learning_rate_schedule, make_optimizer
   from training.step import TrainState, make_train_step
 
   algorithm = algorithms.get_algorithm(config.loss.name)
+  mesh = make_mesh(config.mesh)
   graphdef, abstract = nnx.split(
       nnx.eval_shape(lambda: experiment._new_model(config, algorithm.requirements.head, 0)),
       nnx.Param)
-  params = nnx.to_pure_dict(abstract)
+  # Laid out as build_step lays out the real arrays: one device's share is what XLA plans.
+  param_sharding = experiment._shardings(mesh, models.param_partition_specs(abstract, mesh))
+  params = _with_shardings(nnx.to_pure_dict(abstract), param_sharding)
   optimizer = make_optimizer(config.optimizer, config.total_steps)
-  scalar = jax.ShapeDtypeStruct((), jnp.int32)
-  state = TrainState(step=scalar, params=params, opt_state=jax.eval_shape(optimizer.init, params),
-                     skipped_steps=scalar)
+  opt_abstract = jax.eval_shape(optimizer.init, params)
+  opt_state = _with_shardings(opt_abstract,
+                              experiment._like_params(opt_abstract, param_sharding, mesh))
+  scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated(mesh))
+  state = TrainState(step=scalar, params=params, opt_state=opt_state, skipped_steps=scalar)
   d = config.data
   rows, length = config.batch_size, d.max_prompt_len + d.max_completion_len
-  batch = {f"{side}_{key}": jax.ShapeDtypeStruct((rows, length), dtype)
+  rows_sharding = batch_sharding(mesh)
+  batch = {f"{side}_{key}": jax.ShapeDtypeStruct((rows, length), dtype, sharding=rows_sharding)
            for side in ("chosen", "rejected")
            for key, dtype in (("ids", jnp.int32), ("attention_mask", jnp.int32),
                               ("loss_mask", jnp.float32))}
   ref_params = None
   if algorithm.requirements.reference:
     if config.reference.mode == "precomputed":
-      batch.update({f"ref_{side}_logps": jax.ShapeDtypeStruct((rows, length), jnp.float32)
+      batch.update({f"ref_{side}_logps": jax.ShapeDtypeStruct((rows, length), jnp.float32,
+                                                              sharding=rows_sharding)
                     for side in ("chosen", "rejected")})
     else:
       ref_params = params
   train_step = make_train_step(graphdef, algorithm, config.loss, optimizer,
                                learning_rate_schedule(config.optimizer, config.total_steps),
                                grad_accum_steps=config.grad_accum_steps,
-                               logps=experiment.logp_options(config))
+                               logps=experiment.logp_options(config),
+                               mesh=experiment.activation_mesh(config, mesh))
   start = time.perf_counter()
-  compiled = jax.jit(train_step, donate_argnums=(0,)).lower(state, ref_params, batch).compile()
+  state_sharding = jax.tree.map(lambda x: x.sharding, state)
+  compiled = jax.jit(train_step, donate_argnums=(0,),
+                     out_shardings=(state_sharding, replicated(mesh))).lower(
+                         state, ref_params, batch).compile()
   compile_s = time.perf_counter() - start
   residual_bytes = saved_residual_bytes(graphdef, algorithm, config, params, ref_params, batch)
   stats = compiled.memory_analysis()
@@ -244,11 +292,23 @@ def compiled_memory(config) -> dict:
       **{f"{name}_bytes": value for name, value in sizes.items()},
       "params": int(sum(x.size for x in jax.tree.leaves(params))),
       "tokens_per_step": 2 * rows * length,
+      "grad_accum_steps": config.grad_accum_steps,
+      "mesh": dict(mesh.shape),
+      "num_devices": mesh.size,
+      "bytes_are": "per device",
       "compile_s": compile_s,
       "platform": device.platform,
       "device_kind": device.device_kind,
       "jax_version": jax.__version__,
   }
+
+
+def _with_shardings(tree, shardings):
+  """`tree`'s abstract leaves (`jax.ShapeDtypeStruct`) with the matching leaf of `shardings`."""
+  import jax
+
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
 
 
 def saved_residual_bytes(graphdef, algorithm, config, params, ref_params, batch) -> int:
@@ -338,7 +398,8 @@ def build_step(config):
       batch = dict(batch, ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
       ref_params = None
   train_step = make_train_step(graphdef, algorithm, config.loss, optimizer, schedule,
-                               grad_accum_steps=config.grad_accum_steps, logps=logps)
+                               grad_accum_steps=config.grad_accum_steps, logps=logps,
+                               mesh=experiment.activation_mesh(config, mesh))
   start = time.perf_counter()
   # The state keeps its shardings across steps (as in training.loop), so one executable
   # serves every step.
@@ -416,6 +477,7 @@ def run(config, steps: int, warmup: int) -> dict:
       "device_kind": device.device_kind,
       "jax_version": jax.__version__,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "cpu_reuse_host_buffers": _host_buffers_reused,
       "steps": steps,
       "warmup": warmup,
   }
@@ -530,6 +592,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _STEPS.value < 1 or _WARMUP.value < 0:
     raise app.UsageError("--steps must be >= 1 and --warmup >= 0")
+  global _host_buffers_reused
+  if _REUSE_HOST_BUFFERS.value:
+    _host_buffers_reused = reuse_host_buffers()  # before JAX starts its threads
   set_cpu_xla_flags(_YNN.value)  # before anything imports jax's backends
   from training import config_check
 

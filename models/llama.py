@@ -55,6 +55,7 @@ from flax import nnx
 
 from models import kernels
 from models.config import ModelConfig
+from models.partitioning import constrain_batch
 
 _INIT_STD = 0.02  # HF initializer_range.
 
@@ -279,8 +280,17 @@ class Attention(nnx.Module):
       self.q_norm = self.k_norm = None
 
   def _project(self, x, w, b):
-    """x [B, T, D] @ w [D, heads, H] (+ b [heads, H]) -> [B, T, heads, H]."""
-    y = jnp.einsum('btd,dnh->btnh', x, w[...].astype(self.dtype))
+    """x [B, T, D] @ w [D, heads, H] (+ b [heads, H]) -> [B, T, heads, H].
+
+    One plain 2-D GEMM [B·T, D] @ [D, heads·H]. Autodiff then forms the weight gradient
+    xᵀ·dy contracting the single token axis, which XLA:CPU hands to its GEMM as is; the
+    einsum form contracted (b, t) and made XLA copy-transpose dy (RoPE backward fused into
+    that strided copy) for every q/k/v weight gradient (docs/performance.md).
+    """
+    bsz, t, d = x.shape
+    _, heads, h = w.shape
+    w2 = w[...].astype(self.dtype).reshape(d, heads * h)
+    y = (x.reshape(bsz * t, d) @ w2).reshape(bsz, t, heads, h)
     if b is not None:
       y = y + b[...].astype(self.dtype)
     return y
@@ -303,8 +313,11 @@ class Attention(nnx.Module):
   def _output(self, out):
     """Attention output [B, T, K, G, H] -> [B, T, D] through o_proj."""
     b, t, k, g, h = out.shape
-    out = out.reshape(b, t, k * g, h)
-    return jnp.einsum('btnh,nhd->btd', out, self.o_proj[...].astype(self.dtype))
+    # [B·T, N·H] @ [N·H, D], one plain GEMM (see `_project`): the einsum's (n, h)
+    # contraction made XLA:CPU copy-transpose both operands of the o_proj weight gradient.
+    o_proj = self.o_proj[...].astype(self.dtype)
+    out = out.reshape(b * t, k * g * h) @ o_proj.reshape(k * g * h, o_proj.shape[-1])
+    return out.reshape(b, t, -1)
 
   def _attend(self, q, k, v, mask):
     """q [B, T, K, G, H], k/v [B, S, K, H] (queries = the last T keys) -> [B, T, D]."""
@@ -628,12 +641,12 @@ class Transformer(nnx.Module):
                                       valid=valid),
         mask, lambda m: m & sliding_window_mask(positions, positions, cfg.sliding_window))
 
-    x = self._embed(input_ids)  # [B, T, D]
+    x = constrain_batch(self._embed(input_ids))  # [B, T, D], batch-sharded on a mesh
     # Remat recomputes a block's activations in the backward pass instead of
     # storing them: memory per block drops to its input (or its matmul outputs).
     block_fn = remat_blocks(_run_block, cfg.remat)
     for block, ((cos, sin), layer_mask) in zip(self.layers, per_layer):
-      x = block_fn(block, x, cos, sin, layer_mask)
+      x = constrain_batch(block_fn(block, x, cos, sin, layer_mask))
     return self.final_norm(x)
 
   def prefix_shared_hidden_states(self, prefix_ids, prefix_mask, suffix_ids, suffix_mask):
@@ -688,10 +701,11 @@ class Transformer(nnx.Module):
               masks[1] & sliding_window_mask(suffix_pos, all_pos, window))
 
     per_layer = self._per_layer(rope, masks, sliding)
-    prefix, suffix = self._embed(prefix_ids), self._embed(suffix_ids)
+    prefix, suffix = (constrain_batch(self._embed(ids)) for ids in (prefix_ids, suffix_ids))
     block_fn = remat_blocks(_run_block_prefix_shared, cfg.remat)
     for block, (layer_rope, layer_masks) in zip(self.layers, per_layer):
-      prefix, suffix = block_fn(block, prefix, suffix, layer_rope, layer_masks)
+      prefix, suffix = map(constrain_batch,
+                           block_fn(block, prefix, suffix, layer_rope, layer_masks))
     return self.final_norm(prefix), self.final_norm(suffix)
 
   # --------------------------------------------------------------------------

@@ -20,7 +20,17 @@ with the same structure as `nnx.to_pure_dict(nnx.state(model, nnx.Param))`
 names or a `PartitionSpec` at each leaf. So
 `jax.device_put(nnx.to_pure_dict(state), param_shardings(...))` works.
 
-The model code has no sharding annotations of its own: use a mesh with
+Activations: under `batch_sharded_activations(mesh)` (the train and eval steps trace the
+model inside it when `config.mesh.shard_activations` is set) the model pins the leading
+(batch) axis of its residual stream [B, T, D] to the mesh's batch axes ('data', 'fsdp')
+after the embedding and after every block (`constrain_batch`). Without it GSPMD follows
+the parameters' 'embed' -> 'fsdp' layout into the activations: every device holds the
+whole micro-batch's hidden states split over D, with all-reduces of [B, T, F] MLP
+activations (the compiled step on an fsdp=8 mesh), tensor parallelism over the fsdp axis
+rather than FSDP; which plans less memory depends on the batch and lengths
+(docs/performance.md). Outside that context (sampling, oracles) nothing changes.
+
+Parameters carry no sharding annotations in the model code: use a mesh with
 `AxisType.Auto` axes (GSPMD propagation), e.g.
 `jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * 3)`;
 `jax.make_mesh` defaults to Explicit axes in recent jax, under which the
@@ -29,6 +39,9 @@ embedding gather would need an explicit out_sharding.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import math
 from typing import Any, Sequence
 
 import jax
@@ -51,6 +64,39 @@ DEFAULT_RULES: Rules = (
     ('head_dim', None),
     ('norm', None),
 )
+
+
+# The activations' batch axes of the mesh the model is traced for (None: unconstrained).
+BATCH_AXES = ('data', 'fsdp')
+_ACTIVATION_BATCH: contextvars.ContextVar = contextvars.ContextVar('activation_batch',
+                                                                  default=None)
+
+
+@contextlib.contextmanager
+def batch_sharded_activations(mesh: Mesh | None):
+  """While tracing in this context, `constrain_batch` splits activations' leading axis over
+  the `mesh` axes of BATCH_AXES that have more than one device (no-op without such axes)."""
+  names = tuple(a for a in BATCH_AXES
+                if mesh is not None and a in mesh.axis_names and mesh.shape[a] > 1)
+  token = _ACTIVATION_BATCH.set((mesh, names) if names else None)
+  try:
+    yield
+  finally:
+    _ACTIVATION_BATCH.reset(token)
+
+
+def constrain_batch(x):
+  """`x` [B, ...] with its B axis laid out over the batch axes of the enclosing
+  `batch_sharded_activations` mesh (and replicated over the others); `x` unchanged outside
+  one, or when B does not divide evenly."""
+  active = _ACTIVATION_BATCH.get()
+  if active is None:
+    return x
+  mesh, names = active
+  if x.shape[0] % math.prod(mesh.shape[a] for a in names):
+    return x
+  spec = PartitionSpec(names, *(None,) * (x.ndim - 1))
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
 def _param_state(model_or_state) -> nnx.State:

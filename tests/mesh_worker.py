@@ -1,6 +1,7 @@
 """Runs a few train steps of the micro config on a given mesh and saves the result.
 
-    python tests/mesh_worker.py OUT.npz DATA FSDP TENSOR [GRAD_ACCUM [TFDS_DIR [SHARE_PROMPT]]]
+    python tests/mesh_worker.py OUT.npz DATA FSDP TENSOR [GRAD_ACCUM [TFDS_DIR [SHARE_PROMPT
+        [SHARD_ACTIVATIONS]]]]
 
 Used by test_training.py in subprocesses, because the number of (virtual) CPU devices is
 fixed when JAX starts.
@@ -19,10 +20,12 @@ from training import experiment
 from training.mesh import put_batch  # noqa: E402
 
 
-def main(out, data, fsdp, tensor, accum="1", tfds_dir="", share_prompt="0"):
+def main(out, data, fsdp, tensor, accum="1", tfds_dir="", share_prompt="0",
+         shard_activations="0"):
   config = micro_config(**{"mesh.data": int(data), "mesh.fsdp": int(fsdp),
                            "mesh.tensor": int(tensor), "grad_accum_steps": int(accum),
-                           "data.data_dir": tfds_dir, "model.share_prompt": share_prompt == "1"})
+                           "data.data_dir": tfds_dir, "model.share_prompt": share_prompt == "1",
+                           "mesh.shard_activations": shard_activations == "1"})
   exp = experiment.build(config, os.path.dirname(out))
   step = jax.jit(experiment.make_train_step_for(exp), donate_argnums=(0,))
   state, losses = exp.state, []

@@ -104,6 +104,40 @@ def test_compiled_memory_precomputed_reference_needs_less():
   assert in_step["share_prompt"] is True and in_step["platform"] == "cpu"
 
 
+def test_compiled_memory_is_per_device_on_the_mesh():
+  """--memory_only compiles on config.mesh: with fsdp=8 one device holds 1/8 of the
+  parameters and Adam moments, with data=8 all of them, and `mesh.shard_activations` cuts
+  the fsdp=8 temporaries (8 virtual CPU devices, a subprocess: the device count is fixed
+  when jax starts)."""
+  script = (
+      "import json\n"
+      "from tests.test_benchmark import _small_config\n"
+      "from experiments import benchmark\n"
+      "out = {}\n"
+      "for fsdp, pinned in ((1, False), (8, False), (8, True)):\n"
+      "  config = _small_config()\n"
+      "  config.mesh.update(fsdp=fsdp, shard_activations=pinned)\n"
+      "  config.batch_size = 8\n"
+      "  out[f'{fsdp}{pinned}'] = benchmark.compiled_memory(config)\n"
+      "print(json.dumps(out))\n")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                        text=True, env=env, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  data8, fsdp8, pinned = result["1False"], result["8False"], result["8True"]
+  assert data8["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1} and data8["num_devices"] == 8
+  assert fsdp8["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+  state_bytes = 16 * data8["params"]  # fp32 params, Adam mu and nu, in-step reference
+  assert data8["argument_bytes"] >= state_bytes  # replicated: every device holds them all
+  assert fsdp8["argument_bytes"] < data8["argument_bytes"] / 4  # sharded 8 ways (+ norms)
+  assert fsdp8["output_bytes"] < data8["output_bytes"] / 4
+  # config.mesh.shard_activations splits the activations over the batch on fsdp too
+  # (models/partitioning.py constrain_batch); GSPMD alone keeps the whole micro-batch's.
+  assert pinned["temp_bytes"] < 0.75 * fsdp8["temp_bytes"], (pinned, fsdp8)  # 0.59 measured
+  assert pinned["argument_bytes"] == fsdp8["argument_bytes"]
+
+
 def test_length_scaling_work_formula():
   """W(S) = T·(8N + 8DV + 16·L·A·S): the attention term is what makes W superlinear in S."""
   from experiments import benchmark_work

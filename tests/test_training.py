@@ -128,31 +128,36 @@ def test_bad_config_values_are_rejected_before_compute(override, message):
     config_check.validate(micro_config(**override))
 
 
-def _mesh_run(tmp_path, tfds_dir, devices, data, fsdp, tensor, accum=1, share_prompt=False):
-  share = str(int(share_prompt))
-  out = str(tmp_path / f"mesh_{data}{fsdp}{tensor}_{accum}_{share}.npz")
+def _mesh_run(tmp_path, tfds_dir, devices, data, fsdp, tensor, accum=1, share_prompt=False,
+              shard_activations=False):
+  share, pin = str(int(share_prompt)), str(int(shard_activations))
+  out = str(tmp_path / f"mesh_{data}{fsdp}{tensor}_{accum}_{share}{pin}.npz")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   subprocess.run([sys.executable, os.path.join(ROOT, "tests", "mesh_worker.py"), out, str(data),
-                  str(fsdp), str(tensor), str(accum), tfds_dir, share], check=True, env=env,
-                 cwd=ROOT)
+                  str(fsdp), str(tensor), str(accum), tfds_dir, share, pin], check=True,
+                 env=env, cwd=ROOT)
   return dict(np.load(out))
 
 
 @pytest.mark.slow  # ~40 s; test_model_partitioning's 2x2x2 forward stays in the default suite
 def test_2x2x2_mesh_on_8_devices_matches_one_device(tmp_path, tfds_dir):
-  """Also: the shared prompt forward on the sharded mesh equals the plain one on one device."""
+  """Also: the shared prompt forward on the sharded mesh equals the plain one on one device,
+  and so does a run whose activations are pinned to the batch axes
+  (`mesh.shard_activations`, with the shared prompt: both of the model's forwards)."""
   single = _mesh_run(tmp_path, tfds_dir, 1, 1, 1, 1)
   assert int(single["devices"]) == 1
   params = [k for k in single if k not in ("losses", "devices")]
   assert params
-  for share_prompt in (False, True):
-    sharded = _mesh_run(tmp_path, tfds_dir, 8, 2, 2, 2, share_prompt=share_prompt)
+  for share_prompt, pinned in ((False, False), (True, True), (False, True)):
+    sharded = _mesh_run(tmp_path, tfds_dir, 8, 2, 2, 2, share_prompt=share_prompt,
+                        shard_activations=pinned)
     assert int(sharded["devices"]) == 8
     np.testing.assert_allclose(sharded["losses"], single["losses"], atol=1e-5)
     for key in params:
       np.testing.assert_allclose(sharded[key], single[key], atol=1e-5,
-                                 err_msg=f"{key} (share_prompt={share_prompt})")
+                                 err_msg=f"{key} (share_prompt={share_prompt}, "
+                                         f"shard_activations={pinned})")
 
 
 def test_cli_trains_and_rejects_bad_overrides(tmp_path, tfds_dir):

@@ -13,7 +13,7 @@ import os
 import jax
 
 import algorithms
-from algorithms.validation import ConfigError, integer, number, one_of, require
+from algorithms.validation import ConfigError, boolean, integer, number, one_of, require
 from models.config import ATTENTION_IMPLS, REMAT_MODES
 from models.heads import GATE_FORMS
 
@@ -62,6 +62,7 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
           f"config.batch_size={config.batch_size} must be divisible by "
           f"config.grad_accum_steps={config.grad_accum_steps}")
 
+  boolean(config.mesh.get("shard_activations", False), "mesh.shard_activations")
   from training.mesh import mesh_shape  # local: keeps this module import-light
   try:
     data, fsdp, _ = mesh_shape(config.mesh, num_devices)

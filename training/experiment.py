@@ -265,13 +265,19 @@ def build(config, workdir: str) -> Experiment:
                     optimizer)
 
 
+def activation_mesh(config, mesh):
+  """The mesh the steps pin activations to (`config.mesh.shard_activations`), else None."""
+  return mesh if config.mesh.get("shard_activations", False) else None
+
+
 def make_train_step_for(exp: Experiment):
   """The experiment's (unjitted) train step."""
   config = exp.config
   return make_train_step(exp.graphdef, exp.algorithm, config.loss, exp.optimizer,
                          exp.schedule, grad_accum_steps=config.grad_accum_steps,
                          logps=logp_options(config,
-                                            online=exp.algorithm.requirements.online is not None))
+                                            online=exp.algorithm.requirements.online is not None),
+                         mesh=activation_mesh(config, exp.mesh))
 
 
 def logp_options(config, *, online: bool = False) -> LogpOptions:

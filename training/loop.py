@@ -25,8 +25,8 @@ import algorithms
 from training import config_check
 from training import workdir as workdir_lib
 from training.checkpoint import Checkpointer, data_position_fn
-from training.experiment import (Experiment, build, logp_options, make_eval_batches,
-                                 make_train_step_for)
+from training.experiment import (Experiment, activation_mesh, build, logp_options,
+                                 make_eval_batches, make_train_step_for)
 from training.mesh import batch_sharding, put_batch, replicated
 from training.metrics import MetricsWriter, plot_curves, read_metrics
 from training.optim import learning_rate_schedule, make_optimizer
@@ -150,7 +150,8 @@ def train_side_model(exp: Experiment, loss_name: str, loss_cfg, opt_cfg, steps: 
   no checkpoints, metrics files or eval. Returns (params, per-step losses)."""
   optimizer = make_optimizer(opt_cfg, steps)
   step_fn = jax.jit(make_train_step(exp.graphdef, algorithms.get_algorithm(loss_name), loss_cfg,
-                                    optimizer, learning_rate_schedule(opt_cfg, steps)))
+                                    optimizer, learning_rate_schedule(opt_cfg, steps),
+                                    mesh=activation_mesh(exp.config, exp.mesh)))
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                      opt_state=optimizer.init(params), skipped_steps=jnp.zeros((), jnp.int32))
   losses = []
@@ -317,7 +318,8 @@ def _train(config, workdir: str, changes: dict, stop_at: int | None) -> dict:
     ref_params = None  # the step never sees the reference weights
   exp.ref_params = None
   eval_fn = jax.jit(make_eval_step(exp.graphdef, exp.algorithm, config.loss,
-                                   logps=logp_options(config)))
+                                   logps=logp_options(config),
+                                   mesh=activation_mesh(config, exp.mesh)))
   state, summary = fit(
       exp, exp.state, exp.train_batches, workdir, ref_params=ref_params,
       train_cache=train_cache, stop_at=stop_at, on_start=recorder(config, workdir, changes),

@@ -36,6 +36,7 @@ from flax import nnx
 
 from algorithms import Algorithm, LossInputs
 from algorithms.common import weighted_token_count
+from models.partitioning import batch_sharded_activations
 from training.fused_logprobs import completion_token_logps
 from training.logprobs import token_logps
 from training.shared_prompt import shared_prompt_token_logps
@@ -243,14 +244,18 @@ def _tree_where(pred, on_true, on_false):
 
 
 def make_train_step(graphdef, algorithm: Algorithm, loss_cfg, optimizer, schedule, *,
-                    grad_accum_steps: int = 1, logps: LogpOptions = LogpOptions()):
+                    grad_accum_steps: int = 1, logps: LogpOptions = LogpOptions(),
+                    mesh=None):
   """Returns the (unjitted) train step; `training.loop` jits it with shardings.
 
-  `logps`: how log-probs are computed (`LogpOptions`).
+  `logps`: how log-probs are computed (`LogpOptions`). `mesh`: the mesh the step is jitted
+  for; the model's activations are then split over its batch axes
+  (`models.partitioning.batch_sharded_activations`).
   """
 
   def loss_and_metrics(params, ref_params, batch):
-    inputs = loss_inputs(graphdef, params, ref_params, batch, algorithm, logps)
+    with batch_sharded_activations(mesh):
+      inputs = loss_inputs(graphdef, params, ref_params, batch, algorithm, logps)
     return algorithm.loss_fn(inputs, loss_cfg)
 
   grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
@@ -307,15 +312,16 @@ def make_train_step(graphdef, algorithm: Algorithm, loss_cfg, optimizer, schedul
 
 
 def make_eval_step(graphdef, algorithm: Algorithm, loss_cfg, *,
-                   logps: LogpOptions = LogpOptions()):
+                   logps: LogpOptions = LogpOptions(), mesh=None):
   """Returns `eval_step(params, ref_params, batch) -> (weighted metric sums, weight sum)`.
 
   Summing both over batches and dividing gives exact split averages even when the last
-  batch is padded with filler pairs of weight 0. `logps` as in `make_train_step`.
+  batch is padded with filler pairs of weight 0. `logps` and `mesh` as in `make_train_step`.
   """
 
   def eval_step(params, ref_params, batch):
-    inputs = loss_inputs(graphdef, params, ref_params, batch, algorithm, logps)
+    with batch_sharded_activations(mesh):
+      inputs = loss_inputs(graphdef, params, ref_params, batch, algorithm, logps)
     loss, metrics = algorithm.loss_fn(inputs, loss_cfg)
     weight = jnp.sum(batch["weight"]) if "weight" in batch else jnp.float32(
         batch["chosen_ids"].shape[0])

@@ -79,6 +79,12 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.loss.beta = 0.1  # App. B: "Unless noted otherwise, we use β = 0.1" (0.5 on TL;DR)
   config.batch_size = 64  # App. B: batch size 64; README: batch_size=64
   config.eval_batch_size = 32  # README "Step 3: Run DPO": eval_batch_size=32
+  # Memory, not maths (the same loss and gradients): experiments/benchmark.py --memory_only on
+  # 8 devices (fsdp=8) plans 421.8 GiB/device as written above, 48.1 GiB/device with these
+  # three (docs/recipes.md, "Memory of the paper presets"). [unverified on a GPU]
+  config.grad_accum_steps = 8  # benchmark.py plan: micro-batch 8 pairs (global batch 64 kept)
+  config.model.remat = "block"  # benchmark.py plan (docs/recipes.md)
+  config.model.logits_on = "completion"  # benchmark.py plan (docs/recipes.md)
   # App. B: RMSprop; optax AdamW is this repo's only optimizer. [unverified: optimizer]
   config.optimizer.learning_rate = 1e-6  # App. B: "learning rate of 1e-6"
   config.optimizer.warmup_steps = 150  # App. B: linear warmup 0 -> 1e-6 over 150 steps
