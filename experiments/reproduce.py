@@ -303,14 +303,14 @@ def reproduce(recipe: str, preset: str, workdir: str, *, data: str | None = None
   config = build_config(recipe, preset, data=data, checkpoint=checkpoint, overrides=overrides)
   module = recipe_module(recipe)
   rollouts = getattr(module, "ROLLOUTS", {}).get(preset)
+  bon = getattr(module, "BEST_OF_N", {}).get(preset)
+  if rollouts or bon:
+    from training import best_of_n  # local: only the implicit PRM recipe uses it
   if rollouts:  # the paper's data built in miniature first (implicit PRM)
-    from training import best_of_n
     config.model.init_from, config.data.path = best_of_n.prepare_rollout_data(
         config, workdir, **rollouts)
   summary = run(config, workdir)
-  bon = getattr(module, "BEST_OF_N", {}).get(preset)
   if bon:
-    from training import best_of_n
     summary["best_of_n"] = best_of_n.evaluate(config, workdir, best_of_n.BestOfN(**bon))
   record = results_record(recipe, preset, config, summary, time.time() - start)
   if jax.process_index() == 0:

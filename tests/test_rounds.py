@@ -226,7 +226,7 @@ def test_inpo_feeds_two_distinct_frozen_models_after_round_1(tmp_path, tfds_dir,
   rows = [TokenizedPair(r["id"], np.asarray(r["prompt"]), np.asarray(r["chosen"]),
                         np.asarray(r["rejected"]), {}) for r in round_2[:8]]
   for slot, path in (("ref", "round_0/policy"), ("prev", "round_1")):
-    logps = rounds._logps_of_rows(exp, rounds.load_policy(exp, os.path.join(workdir, path)),
+    logps = rounds.logps_of_rows(exp, rounds.load_policy(exp, os.path.join(workdir, path)),
                                   rows)
     for row, want in zip(round_2[:8], logps):
       np.testing.assert_allclose(row["extras"][f"{slot}_chosen_logps"], want["chosen"],
@@ -260,8 +260,8 @@ def test_prime_uses_the_prm_of_the_previous_rollout(tmp_path, tfds_dir, online_s
   ref = rounds.load_policy(exp, os.path.join(workdir, "round_0", "policy"))
   rows = [TokenizedPair(r["id"], np.asarray(r["prompt"]), np.asarray(r["chosen"]), None, {})
           for r in rows_2[:8]]
-  for row, p, q in zip(rows_2, rounds._logps_of_rows(exp, prm, rows),
-                       rounds._logps_of_rows(exp, ref, rows)):
+  for row, p, q in zip(rows_2, rounds.logps_of_rows(exp, prm, rows),
+                       rounds.logps_of_rows(exp, ref, rows)):
     np.testing.assert_allclose(row["extras"]["process_rewards"],
                                np.subtract(p["chosen"], q["chosen"]), atol=1e-5)
   _params_equal(summary["prm"], rounds.load_policy(exp, os.path.join(second, "prm")))

@@ -95,17 +95,7 @@ def generator_params(exp: Experiment, ref_params, spec: BestOfN):
     return rounds.load_policy(exp, spec.generator)
   if not spec.generator_sft_steps:
     return ref_params
-  from training.loop import train_side_model
-
-  opt_cfg = exp.config.optimizer.copy_and_resolve_references()
-  opt_cfg.learning_rate = exp.config.online.sft_learning_rate
-  opt_cfg.warmup_steps = min(opt_cfg.warmup_steps, spec.generator_sft_steps)
-  params, losses = train_side_model(exp, "sft", exp.config.loss, opt_cfg,
-                                    spec.generator_sft_steps, ref_params, None,
-                                    exp.train_batches)
-  logging.info("best-of-N generator: %d SFT steps, loss %.4f -> %.4f", spec.generator_sft_steps,
-               losses[0], losses[-1])
-  return params
+  return rounds.sft_warm_up(exp, ref_params, spec.generator_sft_steps)
 
 
 def prompt_source(exp: Experiment, spec: BestOfN):
@@ -126,8 +116,8 @@ def response_rewards(exp: Experiment, prm_params, ref_params,
   """[len(rows)] outcome rewards r = β Σ_t (log π_θ − log π_ref) over each row's completion,
   β = `config.loss.beta` (the PRM's own)."""
   beta = float(exp.config.loss.beta)
-  policy = rounds._logps_of_rows(exp, prm_params, rows)
-  ref = rounds._logps_of_rows(exp, ref_params, rows)
+  policy = rounds.logps_of_rows(exp, prm_params, rows)
+  ref = rounds.logps_of_rows(exp, ref_params, rows)
   return np.asarray([beta * (np.sum(p["chosen"], dtype=np.float64)
                              - np.sum(r["chosen"], dtype=np.float64))
                      for p, r in zip(policy, ref)])

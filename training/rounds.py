@@ -394,8 +394,8 @@ def prime_rows(exp: Experiment, prm_params, ref_params, prompts, completions,
           for n, (i, j) in enumerate((i, j) for i in keep for j in range(k))]
   if not rows:
     return []
-  prm_logps = _logps_of_rows(exp, prm_params, rows)
-  ref_logps = _logps_of_rows(exp, ref_params, rows)
+  prm_logps = logps_of_rows(exp, prm_params, rows)
+  ref_logps = logps_of_rows(exp, ref_params, rows)
   length = max(len(r.prompt) + len(r.chosen) for r in rows)
   mask = jnp.asarray(collate(rows, length, exp.tokenizer.pad_id)["chosen_loss_mask"])
   pad = lambda values: jnp.asarray(_padded(rows, values, length))  # noqa: E731
@@ -423,7 +423,7 @@ def _padded(rows, values: list[dict], length: int) -> np.ndarray:
   return out
 
 
-def _logps_of_rows(exp: Experiment, params, rows: list[TokenizedPair]) -> list[dict]:
+def logps_of_rows(exp: Experiment, params, rows: list[TokenizedPair]) -> list[dict]:
   """Per row {"chosen": [...], "rejected": [...] or None}: log π(y_t | x, y_<t) of each
   completion token under `params`, computed in batches of `eval_batch_size` rows of one
   padded length (one compilation per rollout length bucket)."""
@@ -468,7 +468,7 @@ def with_frozen_logps(exp: Experiment, rows: list[TokenizedPair],
   (`{slot}_chosen_logps`, `{slot}_rejected_logps`; data.readers.TOKEN_FIELDS)."""
   extras = [dict(r.extras) for r in rows]
   for slot, params in models.items():
-    for e, logps in zip(extras, _logps_of_rows(exp, params, rows)):
+    for e, logps in zip(extras, logps_of_rows(exp, params, rows)):
       e[f"{slot}_chosen_logps"] = logps["chosen"]
       if logps["rejected"] is not None:
         e[f"{slot}_rejected_logps"] = logps["rejected"]
@@ -691,18 +691,23 @@ def start_policy(exp: Experiment, workdir: str) -> PyTree:
   if os.path.exists(path):
     return jax.device_put(checkpointer.restore(path, params),
                           exp.state_sharding.params)
-  config = exp.config
-  steps = config.online.sft_steps
-  if steps:
-    opt_cfg = config.optimizer.copy_and_resolve_references()
-    opt_cfg.learning_rate = config.online.sft_learning_rate
-    opt_cfg.warmup_steps = min(opt_cfg.warmup_steps, steps)
-    params, losses = train_side_model(exp, "sft", config.loss, opt_cfg, steps, params, None,
-                                      exp.train_batches)
-    logging.info("SFT warm-up: %d steps, loss %.4f -> %.4f", steps, losses[0], losses[-1])
-    params = jax.device_put(params, exp.state_sharding.params)
+  if exp.config.online.sft_steps:
+    params = jax.device_put(sft_warm_up(exp, params, exp.config.online.sft_steps),
+                            exp.state_sharding.params)
   checkpointer.save(path, params)
   checkpointer.wait_until_finished()
+  return params
+
+
+def sft_warm_up(exp: Experiment, params, steps: int) -> PyTree:
+  """`params` after `steps` of SFT on the train split's chosen responses, with AdamW at
+  `online.sft_learning_rate` (the run's schedule, warm-up at most `steps`)."""
+  opt_cfg = exp.config.optimizer.copy_and_resolve_references()
+  opt_cfg.learning_rate = exp.config.online.sft_learning_rate
+  opt_cfg.warmup_steps = min(opt_cfg.warmup_steps, steps)
+  params, losses = train_side_model(exp, "sft", exp.config.loss, opt_cfg, steps, params, None,
+                                    exp.train_batches)
+  logging.info("SFT warm-up: %d steps, loss %.4f -> %.4f", steps, losses[0], losses[-1])
   return params
 
 
