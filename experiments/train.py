@@ -147,7 +147,9 @@ def run_summary(config, workdir: str) -> str:
   online = algorithms.get_algorithm(config.loss.name).requirements.online is not None
   steps = (f"{config.online.rounds} rounds of {config.total_steps} steps" if online
            else f"{config.total_steps} steps")
-  return (f"{config.name} -> {workdir}: loss {config.loss.name} (beta={config.loss.beta}), "
+  # Every hyperparameter of the loss: the losses share no field but `name` (β, τ, η, ...).
+  loss = ", ".join(f"{k}={v}" for k, v in sorted(config.loss.items()) if k != "name")
+  return (f"{config.name} -> {workdir}: loss {config.loss.name} ({loss}), "
           f"{model}, data {data}, {steps} of {config.batch_size} pairs, "
           f"lr {config.optimizer.learning_rate:g} ({config.optimizer.decay})")
 

@@ -47,6 +47,20 @@ def test_every_registered_loss_has_a_config_file():
   assert not missing, f"registered losses without configs/<name>.py: {missing}"
 
 
+@pytest.mark.parametrize("name", algorithms.registered_names())
+def test_command_line_summary_names_the_loss_hyperparameters(name):
+  """experiments/train.py and iterate.py print this line before anything runs; it read
+  `loss.beta`, which GPM, BT, INPO, PRIME and SFT do not have (their runs died there)."""
+  from experiments.train import run_summary
+
+  config = importlib.import_module(f"configs.{name}").get_config("tiny")
+  line = run_summary(config, "/w")
+  assert f"loss {name} (" in line
+  for field, value in config.loss.items():
+    if field != "name":
+      assert f"{field}={value}" in line
+
+
 # Online losses run a whole round here; dno stands for them in the default suite (every one of
 # them trains in tests/test_rounds.py too), the others run under -m slow (the suite's budget).
 @pytest.mark.parametrize("name", [
