@@ -231,8 +231,8 @@ def _check_concrete_inputs(prompt_ids, prompt_mask):
   if prompt_ids.ndim != 2 or prompt_ids.shape != prompt_mask.shape:
     raise ValueError('prompt_ids and prompt_mask must both be [B, P], got '
                      f'{prompt_ids.shape} and {prompt_mask.shape}.')
-  if isinstance(prompt_mask, jax.core.Tracer):
-    return
+  if isinstance(prompt_mask, jax.core.Tracer) or not prompt_mask.is_fully_addressable:
+    return  # traced, or a global array with rows on other hosts (the caller's to check)
   empty = np.flatnonzero(np.asarray(prompt_mask).sum(axis=-1) == 0)
   if empty.size:
     raise ValueError(f'prompt rows {empty.tolist()} have no real token (prompt_mask all '
@@ -246,7 +246,9 @@ def sample(model, prompt_ids, prompt_mask, *, key, max_new_tokens: int,
   Args:
     model: a `models.Transformer`, or `(graphdef, state, ...)` from `nnx.split`.
     prompt_ids: [B, P] int prompt tokens, left-padded (any padding works: keys are
-      masked and positions count real tokens only).
+      masked and positions count real tokens only). numpy, or a jax array laid out as
+      the caller wants the rows split, e.g. over a mesh's batch axes (on several hosts:
+      a global array, and the outputs are global arrays laid out alike).
     prompt_mask: [B, P], 1 on real prompt tokens, 0 on padding; >= 1 real token a row.
     key: a `jax.random` key; the same key gives the same samples.
     max_new_tokens: M, the completion length (static).

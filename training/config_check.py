@@ -156,10 +156,10 @@ def validate(config, *, num_devices: int | None = None, process_count: int | Non
   _check_data_modes(d)
   _check_data_source(config)
   _check_model_source(config)
-  _check_algorithm_needs(config, algorithm.requirements, process_count)
+  _check_algorithm_needs(config, algorithm.requirements)
 
 
-def _check_algorithm_needs(config, needs, process_count: int):
+def _check_algorithm_needs(config, needs):
   """What the algorithm's Requirements ask of the run: heads, an online round."""
   if needs.head == "gpm":
     k2 = config.preference_model.value_dim
@@ -176,8 +176,6 @@ def _check_algorithm_needs(config, needs, process_count: int):
   if needs.online is None:
     return
   o = config.online
-  require(process_count == 1, "online algorithms run on one process for now (the round "
-          "samples on process 0's devices); use a single-host mesh")
   require(config.reference.mode == "in_step", "config.reference.mode='precomputed' does "
           "not apply to online algorithms: each round stores its frozen models' log-probs "
           "with its rows")

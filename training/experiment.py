@@ -106,10 +106,15 @@ def init_params(config, mesh, head: str = "lm"):
   return graphdef, params
 
 
-def load_trained(workdir: str, checkpoints: str | None = None):
+def load_trained(workdir: str, checkpoints: str | None = None, mesh=None):
   """(config, graphdef, params) of the newest checkpoint of a finished run's workdir, e.g. a
   GPM that scores an online round (`config.online.scorer_path`); `checkpoints`: another
-  checkpoint directory of the run (default WORKDIR/checkpoints)."""
+  checkpoint directory of the run (default WORKDIR/checkpoints).
+
+  With `mesh`, the state is restored straight into the model's layout on it (params by the
+  partition rules, Adam's moments like their params, the rest replicated): each process
+  reads its own shards, which is how a run on several hosts loads a model. Without, orbax
+  chooses (one host)."""
   import ml_collections
 
   with open(os.path.join(workdir, "config.json")) as f:
@@ -122,6 +127,13 @@ def load_trained(workdir: str, checkpoints: str | None = None):
   like = TrainState(step=scalar(jnp.int32), params=params,
                     opt_state=jax.eval_shape(optimizer.init, params),
                     skipped_steps=scalar(jnp.int32), rng=scalar(jnp.uint32, (2,)))
+  if mesh is not None:
+    param_sharding = _shardings(mesh, models.param_partition_specs(abstract, mesh))
+    shardings = like.replace(
+        params=param_sharding, opt_state=_like_params(like.opt_state, param_sharding, mesh),
+        **{f: replicated(mesh) for f in ("step", "skipped_steps", "rng")})
+    like = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        like, shardings)
   with Checkpointer(checkpoints or os.path.join(workdir, "checkpoints")) as ckpt:
     state = ckpt.restore(like)
   return config, graphdef, state.params

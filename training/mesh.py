@@ -64,3 +64,18 @@ def put_batch(batch: dict, mesh: Mesh) -> dict:
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}
+
+
+def put_global(x, sharding) -> jax.Array:
+  """A numpy array that every process holds whole (the same values on each) -> one global
+  array laid out by `sharding`: each process places the slices of its own devices, with no
+  communication. Unlike `put_batch`, whose processes each pass their own slice."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def put_whole_batch(batch: dict, mesh: Mesh) -> dict:
+  """`put_global` of every array of a batch that each process holds whole: global arrays
+  sharded over the batch axes (the leading axis a multiple of data x fsdp)."""
+  sharding = batch_sharding(mesh)
+  return {k: put_global(v, sharding) for k, v in batch.items()}

@@ -234,7 +234,7 @@ class VerifierOracle:
 # A trained GPM or BT reward model.
 
 
-def _read_run_config(workdir: str, what: str) -> dict:
+def read_run_config(workdir: str, what: str) -> dict:
   """The JSON of `workdir`/config.json, with errors that name the path."""
   if not workdir:
     raise FileNotFoundError(f"{what}: no workdir given (expected the workdir of a finished "
@@ -317,7 +317,7 @@ class PreferenceModelOracle:
   def from_workdir(cls, workdir: str, mesh, batch_size: int = 32) -> PreferenceModelOracle:
     """The oracle of a finished `gpm` or `bt_reward` run (its config.json and newest
     checkpoint, `training.experiment.load_trained`); any other loss is refused."""
-    run = _read_run_config(workdir, "PreferenceModelOracle")
+    run = read_run_config(workdir, "PreferenceModelOracle")
     loss = _run_loss_name(run)
     if loss not in MODEL_ORACLES:
       raise ValueError(f"{workdir!r} is a {loss!r} run (config.loss.name in its config.json); "
@@ -328,14 +328,16 @@ class PreferenceModelOracle:
                               f"{workdir!r} (has the {loss!r} run finished?)")
     from training.experiment import load_trained  # local: it imports much of the code base
 
-    config, graphdef, params = load_trained(workdir)
+    # Restored into the model's layout on `mesh`: on several hosts each reads its shards.
+    config, graphdef, params = load_trained(workdir, mesh=mesh)
     logging.info("oracle %s: loaded %s (τ = %s)", loss, workdir, config.loss.preference_tau)
     return cls(loss, config, graphdef, params, mesh, batch_size=batch_size, workdir=workdir)
 
   @staticmethod
   def _place(graphdef, params, mesh):
-    """params laid out on `mesh` by the model's logical-axis rules (restored checkpoints sit
-    on one device, and the forward runs with batches spread over the whole mesh)."""
+    """params laid out on `mesh` by the model's logical-axis rules (params given in memory
+    may sit on one device, and the forward runs with batches spread over the whole mesh;
+    `from_workdir`'s are restored in this layout already, so this is a no-op for them)."""
     import models
     from flax import nnx
 
@@ -481,6 +483,9 @@ class CallableOracle:
   P_ij from the judge, P_ji = 1 − P_ij, P_ii = ½, s_ij = logit(clip(P_ij, 1e-6, 1 − 1e-6)),
   s_ji = −s_ij. The judge sees each pair in one order only (response i first); a judge with
   position bias should randomise or average both orders itself.
+
+  On several processes only process 0 calls the judge (an API is paid per call, and its
+  answers need not repeat); the others receive its tables (`training.multihost`).
   """
 
   name = "judge"
@@ -500,7 +505,28 @@ class CallableOracle:
             f"{b})")
 
   def judge(self, candidates: Candidates) -> Judgement:
+    from training import multihost
+
     n, k = _shape(candidates)
+    if jax.process_count() == 1:
+      return self._judge(candidates, n, k)
+    judgement = error = None
+    if multihost.is_main():
+      try:
+        judgement = self._judge(candidates, n, k)
+      except OracleError as e:
+        error = e
+    if multihost.process_0_says(error is not None):
+      raise error or OracleError(f"judge {self.spec} failed on process 0 (its error is in "
+                                 "process 0's output)")
+    empty = np.zeros((n, k, k), np.float32)
+    tables = multihost.from_process_0(
+        {"preferences": empty if judgement is None else judgement.preferences,
+         "scores": empty if judgement is None else judgement.scores})
+    return Judgement(**tables)
+
+  def _judge(self, candidates: Candidates, n: int, k: int) -> Judgement:
+    """The judge's tables, from one call of the judge on this process."""
     pairs = [(i, a, b) for i in range(n) for a in range(k) for b in range(a + 1, k)]
     upper = np.zeros((n, k, k), np.float64)
     if pairs:
@@ -568,7 +594,7 @@ def check_oracle_config(online) -> None:
       raise ConfigError(f"config.online.scorer={scorer!r} needs config.online.scorer_path, "
                         f"the workdir of a finished `{scorer}` run")
     try:
-      run = _read_run_config(path, where)
+      run = read_run_config(path, where)
     except (OSError, ValueError) as e:
       raise ConfigError(str(e)) from None
     loss = _run_loss_name(run)

@@ -42,6 +42,14 @@ policy), prm/ (PRIME's PRM), metrics.jsonl (training), eval.json. Each file is w
 atomically when its stage ends and read back when present, so a killed run resumes in the
 stage it died in (training from its last checkpoint) and ends with the parameters of an
 uninterrupted run.
+
+On several processes (`experiments.iterate --distributed`) every process runs every stage
+the same way, on global arrays: the sampler splits the rollout's rows over the mesh's batch
+axes and every process gets all completions back, the frozen models' log-probs come back
+replicated, and `fit` feeds each process its slice of every batch. Whether a stage (or π_0's,
+or the PRM's checkpoint) is done is process 0's view, shared with all; process 0 alone writes
+the files, and the others wait until it has (`_stage`, `training.multihost`). The runs match
+one process with as many devices (tests/test_multihost.py).
 """
 
 from __future__ import annotations
@@ -61,12 +69,13 @@ from algorithms import Requirements
 from data.errors import DataError
 from data.pipeline import TokenizedPair, TokenizedPairs, bucket_length, collate
 from training import config_check
+from training import multihost
 from training import oracles as oracles_lib
 from training import win_rates
 from training.experiment import Experiment, build, logp_options, make_batcher
 from training import workdir as workdir_lib
 from training.loop import fit, fresh_state, maybe_export, train_side_model
-from training.mesh import put_batch
+from training.mesh import batch_divisor, batch_sharding, put_global, put_whole_batch, replicated
 from training.step import pair_logps
 
 _ROLLOUT_STREAM = 0x4F4E  # "ON": the sampling keys' stream, apart from init and the step's
@@ -141,18 +150,24 @@ _STAGES = {"samples.json": "sampling", "scores.json": "scoring", "rows.json": "r
 def note_progress(directory: str, stage: str) -> None:
   """`directory/progress.json` = {"stage": stage}: where a running round is (for people
   watching a run, and for the kill tests)."""
-  if jax.process_index() == 0:
+  if multihost.is_main():
     _save_json(os.path.join(directory, "progress.json"), {"stage": stage})
 
 
 def _stage(path: str, compute):
-  """The stage's record from `path` if a run already finished it, else `compute()` saved."""
-  if os.path.exists(path):
+  """The stage's record from `path` if a run already finished it, else `compute()` saved.
+
+  On several processes all take the same branch, process 0's view of `path` (none may skip a
+  computation whose collectives the others run: the sampler and the frozen models work on
+  global arrays), all compute the same record, process 0 alone writes it, and all wait until
+  it is written before going on (`training.multihost`)."""
+  if multihost.process_0_says(os.path.exists(path)):
     return _load_json(path)
   note_progress(os.path.dirname(path), _STAGES[os.path.basename(path)])
   record = compute()
-  if jax.process_index() == 0:
+  if multihost.is_main():
     _save_json(path, record)
+  multihost.barrier(f"saved {path}")
   return record
 
 
@@ -279,19 +294,26 @@ def left_padded(rows: list[list[int]], pad_id: int, multiple: int = 16):
 
 def sample_responses(exp: Experiment, params, prompt_ids: list[list[int]], k: int, *,
                      temperature: float, key) -> list[list[list[int]]]:
-  """K completions (token ids, eos included when emitted) per prompt, from `params`."""
+  """K completions (token ids, eos included when emitted) per prompt, from `params`.
+
+  The N·K rows are split over the mesh's batch axes (data x fsdp; filler copies of the last
+  row, dropped, make them a multiple), so every device samples its share; on several
+  processes every one passes the same rows and key and gets every completion back."""
   from flax import nnx
 
   from models import sampling  # local: only online runs sample
 
   tokenizer = exp.tokenizer
   rows = [ids for ids in prompt_ids for _ in range(k)]  # prompt i -> rows i*K .. i*K+K-1
-  ids, mask = left_padded(rows, tokenizer.pad_id)
+  filler = [rows[-1]] * (-len(rows) % batch_divisor(exp.mesh))
+  ids, mask = left_padded(rows + filler, tokenizer.pad_id)  # [N·K + filler, P]
+  sharding = batch_sharding(exp.mesh)
   model = nnx.merge(exp.graphdef, params)
   tokens, completion_mask, _ = sampling.sample(
-      model, ids, mask, key=key, max_new_tokens=exp.config.online.max_new_tokens,
-      temperature=temperature, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-  tokens, completion_mask = np.asarray(tokens), np.asarray(completion_mask)
+      model, put_global(ids, sharding), put_global(mask, sharding), key=key,
+      max_new_tokens=exp.config.online.max_new_tokens, temperature=temperature,
+      eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+  tokens, completion_mask = multihost.host_value(tokens), multihost.host_value(completion_mask)
   completions = [tokens[r, completion_mask[r] > 0].tolist() for r in range(len(rows))]
   return [completions[i * k:(i + 1) * k] for i in range(len(prompt_ids))]
 
@@ -440,7 +462,8 @@ def logps_of_rows(exp: Experiment, params, rows: list[TokenizedPair]) -> list[di
     chunk += [chunk[-1]] * (size - real)  # filler rows, dropped below
     batch = collate(chunk, length, exp.tokenizer.pad_id)
     batch.pop("example_id")
-    chosen, rejected = jax.device_get(fn(params, put_batch(batch, exp.mesh)))
+    # Every process holds the whole chunk; the log-probs come back replicated ([B, T] each).
+    chosen, rejected = jax.device_get(fn(params, put_whole_batch(batch, exp.mesh)))
     for n, row in enumerate(chunk[:real]):
       span = slice(len(row.prompt), len(row.prompt) + len(row.chosen))
       entry = {"chosen": chosen[n, span].tolist(), "rejected": None}
@@ -455,10 +478,13 @@ _LOGPS_FNS: dict = {}
 
 
 def _logps_fn(exp: Experiment):
-  key = (id(exp.graphdef), logp_options(exp.config, online=True))
+  """The jitted (params, batch) -> (chosen, rejected) [B, T] log-probs, replicated on every
+  device: each process reads the whole result (`np.asarray` of a replicated array)."""
+  key = (id(exp.graphdef), logp_options(exp.config, online=True), exp.mesh)
   if key not in _LOGPS_FNS:
     options = key[1]
-    _LOGPS_FNS[key] = jax.jit(lambda p, b: pair_logps(exp.graphdef, p, b, options))
+    _LOGPS_FNS[key] = jax.jit(lambda p, b: pair_logps(exp.graphdef, p, b, options),
+                              out_shardings=replicated(exp.mesh))
   return _LOGPS_FNS[key]
 
 
@@ -556,7 +582,7 @@ def update_prm(exp: Experiment, anchors: Anchors, rows: list[TokenizedPair],
 
   path = os.path.join(os.path.abspath(directory), "prm")
   checkpointer = ocp.StandardCheckpointer()
-  if os.path.exists(path):
+  if multihost.process_0_says(os.path.exists(path)):  # the same choice on every process
     return checkpointer.restore(path, anchors.prm)
   note_progress(directory, "prm")
   config = exp.config
@@ -568,9 +594,10 @@ def update_prm(exp: Experiment, anchors: Anchors, rows: list[TokenizedPair],
   steps = batches.num_batches_per_epoch
   params, losses = train_side_model(exp, "implicit_prm", prm_cfg, config.optimizer, steps,
                                     anchors.prm, anchors.reference, batches)
-  checkpointer.save(path, params)
+  checkpointer.save(path, params)  # collective: every process writes its shards
   checkpointer.wait_until_finished()
-  _save_json(path + ".json", {"steps": steps, "beta": config.loss.prm_beta, "losses": losses})
+  if multihost.is_main():
+    _save_json(path + ".json", {"steps": steps, "beta": config.loss.prm_beta, "losses": losses})
   logging.info("PRIME: PRM updated for %d steps (CE loss %.4f -> %.4f)", steps, losses[0],
                losses[-1])
   return params
@@ -649,7 +676,7 @@ def load_policy(exp: Experiment, path: str) -> PyTree:
   from training.loop import fresh_state
 
   path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
+  if multihost.process_0_says(os.path.isdir(os.path.join(path, "checkpoints"))):
     checkpointer = Checkpointer(os.path.join(path, "checkpoints"))
     try:
       if checkpointer.latest_step() is None:
@@ -688,7 +715,7 @@ def start_policy(exp: Experiment, workdir: str) -> PyTree:
   path = os.path.join(os.path.abspath(workdir), "round_0", "policy")
   checkpointer = ocp.StandardCheckpointer()
   params = exp.state.params
-  if os.path.exists(path):
+  if multihost.process_0_says(os.path.exists(path)):  # the same choice on every process
     return jax.device_put(checkpointer.restore(path, params),
                           exp.state_sharding.params)
   if exp.config.online.sft_steps:
@@ -728,7 +755,7 @@ def _write_round_metrics(workdir: str, rounds: int) -> list[dict]:
   """WORKDIR/metrics.jsonl (one row per evaluated round, rewritten from each round's
   eval.json, so a resumed run neither loses nor repeats a round) and WORKDIR/rounds.png."""
   rows = _metrics_rows(workdir, rounds)
-  if jax.process_index() == 0 and rows:
+  if multihost.is_main() and rows:
     tmp = os.path.join(workdir, "metrics.jsonl.tmp")
     with open(tmp, "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -749,7 +776,7 @@ def iterate(config, workdir: str, *, stop_at: Optional[tuple[int, int]] = None) 
         f"loss {config.loss.name!r} trains on a fixed dataset; run it with "
         "`python -m experiments.train` (online algorithms: "
         f"{', '.join(online_algorithms())})")
-  with workdir_lib.claim(workdir, writer=jax.process_index() == 0):
+  with workdir_lib.claim(workdir, writer=multihost.is_main()):
     changes = workdir_lib.check_resume(config, workdir)
     return _iterate(config, workdir, changes, stop_at)
 
@@ -757,7 +784,7 @@ def iterate(config, workdir: str, *, stop_at: Optional[tuple[int, int]] = None) 
 def _iterate(config, workdir: str, changes: dict, stop_at) -> dict:
   exp = build(config, workdir)
   needs = exp.algorithm.requirements
-  if jax.process_index() == 0:
+  if multihost.is_main():
     workdir_lib.record_config(config, workdir, changes, step=None)
   oracle = oracles_lib.make_oracle(config, exp.tokenizer, exp.mesh)
   online = config.online
@@ -796,7 +823,7 @@ def _iterate(config, workdir: str, changes: dict, stop_at) -> dict:
     _write_round_metrics(workdir, online.rounds)
   summary.update(rounds=_metrics_rows(workdir, online.rounds), params=anchors.previous,
                  prm=anchors.prm)
-  if jax.process_index() == 0:
+  if multihost.is_main():
     summary["export"] = maybe_export(config, workdir)
   return summary
 
