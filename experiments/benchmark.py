@@ -10,20 +10,43 @@ masks on the completion tokens only (the TRL anchor's layout). The first `--warm
 (compilation included) are not timed; then each of `--steps` steps is timed to
 `jax.block_until_ready`, and the median is reported.
 
+What the step reads (`batch_layout`), from the loss's `Requirements` alone, so that every
+registered loss runs and plans: the pairs (one response per row for PRIME's "groups" rows,
+or with `--unpaired` for a loss that trains on unpaired records), the frozen models' stored
+log-probs (`ref_*_logps` for a precomputed reference or an online round's π_ref,
+`prev_*_logps` for its π_t), else a frozen copy of the policy in the step, and every
+declared target (T-REG's [B, T] token rewards, PRIME's advantages and labels, DNO's
+preference probability, GPO's scores, the implicit PRM's labels). Online losses plan the
+step of a round's training: rows of prompt + max(max_completion_len, online.max_new_tokens)
+tokens, the completion window as wide. Their oracle (a judge callable, a preference model's
+run) scores the rows before the step and is no part of it: the config check skips it
+(`validate`) and the result line says so under "oracle". The stored log-probs of the timed
+run are one forward of the initial parameters (π_ref = π_t = π_0, as in a first round).
+
 Model FLOPs per optimizer step ("model FLOPs": recomputation and attention scores not
 counted, the same formula as the TRL anchor so that MFU and tokens/s compare directly):
 
-    T = 2 * batch_size * (prompt_len + completion_len)   tokens of chosen and rejected
+    T = sides * batch_size * (prompt_len + completion_len)   tokens of every row (sides: 2
+                    for pairs, 1 for single responses)
     N = models.num_non_embedding_params(model)          (no input embedding, no lm_head)
     F = 6 * N * T   policy forward + backward
-      + 2 * N * T   reference forward, only when it runs inside the step (reference.mode
-                    "in_step"); 0 when "precomputed" (the batch carries ref log-probs)
+      + 2 * N * T   frozen model's forward, only when it runs inside the step (reference.mode
+                    "in_step" for a loss that reads one); 0 when the batch carries the
+                    log-probs (a precomputed reference, an online round's rows)
 
 `work_flops_per_step` adds what F leaves out, the lm_head and attention (T·(8·N + 8·D·V +
 16·L·A·S) with an in-step reference; experiments/benchmark_work.py), for comparisons across
 sequence lengths. `mfu = F / step_time_s / peak`, with `peak` the device's dense bf16 rate
 (table below; null where unknown, e.g. CPU). `--cpu_ynn_fusion_type` sets XLA:CPU's YNNPACK fusion list before
 JAX initialises (see docs/performance.md for why the default turns it off).
+
+Optimization barriers (`--cpu_keep_barriers`, on by default with `--memory_only`): XLA:CPU
+drops them before it schedules, XLA:GPU after. jax.checkpoint fences each layer's
+recomputation with a barrier; without it XLA:CPU ran every layer's recomputation during the
+forward pass and its plan held all of them (Llama-3-8B at one pair per device: 6 GiB per
+layer, 255 GiB for SimPO's preset; 34 GiB with the barriers kept: docs/recipes.md, "Memory
+of the paper presets"). Kept through scheduling, the plan honours remat as a GPU's would.
+The timed run leaves XLA's default.
 
 `--remat_policies=none,block,dots,nothing` runs the step (or `--memory_only`'s plan) once per
 `config.model.remat` value in one process, one JSON line each:
@@ -54,6 +77,7 @@ runs to `jax.block_until_ready`; reported (medians over `--steps` calls after `-
 
 import contextlib
 import copy
+import dataclasses
 import io
 import json
 import math
@@ -103,6 +127,17 @@ _REUSE_HOST_BUFFERS = flags.DEFINE_bool(
     "and zeroing cost ~0.2 CPU-s per step (docs/performance.md). Host memory only. Off by "
     "default: PyTorch gains about as much from the same settings, so a comparison with the "
     "TRL anchor gives both or neither.")
+
+_UNPAIRED = flags.DEFINE_bool(
+    "unpaired", False, "Plan / time a batch of unpaired records (one response per row, with "
+    "its label) for a loss that trains on them (Requirements.unpaired: implicit_prm's "
+    "prompt/completion/label data); default: pairs.")
+_KEEP_BARRIERS = flags.DEFINE_bool(
+    "cpu_keep_barriers", None,
+    "XLA:CPU only: keep optimization barriers through scheduling "
+    "(--xla_disable_hlo_passes=cse_barrier_expander), as XLA:GPU does, so that remat and "
+    "the model's weight-gather ordering constrain the schedule (module doc, \"Optimization "
+    "barriers\"). Default: on for --memory_only, off for timed runs.")
 
 # Dense bf16 peak FLOP/s per chip, matched as a substring of `device.device_kind` (lower case,
 # first match wins, so the more specific names come first).
@@ -157,6 +192,27 @@ def set_cpu_xla_flags(ynn_fusion_type: str) -> str:
   return flags_now
 
 
+_BARRIER_PASS = "cse_barrier_expander"
+
+
+def keep_cpu_barriers() -> str:
+  """Adds `--xla_disable_hlo_passes=cse_barrier_expander` to XLA_FLAGS (before JAX starts).
+
+  XLA:CPU removes optimization barriers right after its first CSE pass, before layout
+  assignment and scheduling (cpu_compiler.cc); XLA:GPU removes them only after scheduling
+  (gpu_compiler.cc, "post-scheduling-passes"). Without barriers, XLA:CPU's scheduler ran each
+  layer's rematerialised forward (jax.checkpoint's recomputation, fenced by a barrier)
+  during the forward pass and kept its outputs until the backward: with remat the plan held
+  every layer's activations, worse than no remat. Only XLA:CPU reads the pass name; a
+  flag list that already disables passes is left alone. Returns the resulting XLA_FLAGS.
+  """
+  flags_now = os.environ.get("XLA_FLAGS", "")
+  if "--xla_disable_hlo_passes" not in flags_now:
+    flags_now = f"{flags_now} --xla_disable_hlo_passes={_BARRIER_PASS}".strip()
+    os.environ["XLA_FLAGS"] = flags_now
+  return flags_now
+
+
 def peak_flops(device_kind: str):
   kind = device_kind.lower()
   for name, peak in PEAK_BF16_FLOPS:
@@ -193,6 +249,101 @@ def synthetic_batch(batch_size: int, prompt_len: int, completion_len: int, vocab
   return batch
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchLayout:
+  """The arrays one train step of a loss reads (`batch_layout`), in data.pipeline's layout.
+
+  rows x length per side; `stored`: the frozen models whose per-token log-probs the batch
+  carries (`{slot}_{side}_logps`: a precomputed reference, an online round's π_ref and π_t);
+  `in_step_frozen`: a frozen model runs inside the step (the step gets `ref_params`);
+  `pair_targets` [rows] and `token_targets` [rows, length]: the loss's declared targets
+  (algorithms/base.py TARGETS) on the sides the batch has.
+  """
+
+  rows: int
+  length: int
+  sides: tuple[str, ...]
+  stored: tuple[str, ...]
+  in_step_frozen: bool
+  pair_targets: tuple[str, ...]
+  token_targets: tuple[str, ...]
+  online: bool
+
+  def arrays(self) -> dict:
+    """{name: (shape, dtype name)} of every array of the batch."""
+    rows, length = (self.rows,), (self.rows, self.length)
+    out = {}
+    for side in self.sides:
+      out.update({f"{side}_ids": (length, "int32"), f"{side}_attention_mask": (length, "int32"),
+                  f"{side}_loss_mask": (length, "float32")})
+      out.update({f"{slot}_{side}_logps": (length, "float32") for slot in self.stored})
+    out.update({name: (rows, "float32") for name in self.pair_targets})
+    out.update({name: (length, "float32") for name in self.token_targets})
+    return out
+
+  def logp_options(self, config):
+    """The step's `LogpOptions`: an online round's completion window is max_new_tokens wide."""
+    from training import experiment
+
+    return experiment.logp_options(config, online=self.online)
+
+  def summary(self) -> dict:
+    """What the result line records of the layout."""
+    return {"rows": self.rows, "length": self.length, "sides": list(self.sides),
+            "batch_arrays": sorted(self.arrays()), "in_step_frozen": self.in_step_frozen}
+
+
+def _target_side(name: str):
+  """"chosen" / "rejected" for a per-response target, None for a per-pair one."""
+  return next((side for side in ("chosen", "rejected") if name.startswith(side + "_")), None)
+
+
+def batch_layout(config, unpaired: bool = False) -> BatchLayout:
+  """What the train step of `config.loss.name` reads, from its `Requirements` alone.
+
+  Pairs of data.max_prompt_len + data.max_completion_len tokens, as an offline run batches
+  them; an online loss (`Requirements.online`) plans the step of a round's training, whose
+  rows are prompt + max(max_completion_len, online.max_new_tokens) tokens and carry the
+  stored log-probs of the frozen models the loss reads (`ref_*` for π_ref, `prev_*` for
+  π_t; training/rounds.py), one response per row for "groups" rows (PRIME). Offline, the
+  reference's log-probs are in the batch when `reference.mode` is "precomputed", else a
+  frozen copy of the policy runs in the step (also for a previous policy). Every declared
+  target is there ([B] per pair, [B, T] per token: T-REG's token rewards, PRIME's
+  advantages), whichever form of the loss it selects (DNO's soft labels: same memory).
+  `unpaired`: one response per row for a loss that trains on unpaired records
+  (`Requirements.unpaired`, e.g. the implicit PRM's prompt / completion / label data).
+  """
+  import algorithms
+  from data.readers import PAIR_FIELDS
+
+  needs = algorithms.get_algorithm(config.loss.name).requirements
+  if unpaired and needs.unpaired is None:
+    raise ValueError(f"loss {config.loss.name!r} does not train on unpaired records "
+                     "(Requirements.unpaired is None): plan it without --unpaired")
+  online = needs.online is not None
+  d = config.data
+  completion = d.max_completion_len
+  if online:
+    completion = max(completion, config.online.max_new_tokens)
+  single = unpaired or (online and needs.online.rows == "groups")
+  sides = ("chosen",) if single else ("chosen", "rejected")
+  slots = tuple(slot for slot, wanted in (("ref", needs.reference),
+                                         ("prev", needs.previous_policy))
+                if wanted and needs.head == "lm")
+  if online:
+    stored = slots
+  elif config.reference.mode == "precomputed":
+    stored = tuple(slot for slot in slots if slot == "ref")
+  else:
+    stored = ()
+  targets = [t for t in needs.targets if _target_side(t) in (None,) + sides]
+  return BatchLayout(
+      rows=config.batch_size, length=d.max_prompt_len + completion, sides=sides,
+      stored=stored, in_step_frozen=len(stored) < len(slots),
+      pair_targets=tuple(t for t in targets if t in PAIR_FIELDS),
+      token_targets=tuple(t for t in targets if t not in PAIR_FIELDS), online=online)
+
+
 def peak_memory() -> tuple[int, str]:
   """(bytes, source): the device allocator's peak where it reports one, else peak RSS."""
   import jax
@@ -204,12 +355,13 @@ def peak_memory() -> tuple[int, str]:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
 
 
-def compiled_memory(config) -> dict:
+def compiled_memory(config, unpaired: bool = False) -> dict:
   """XLA's memory accounting of the compiled train step, from abstract shapes only.
 
   Nothing is allocated or run, so a preset can be measured on a machine that could not hold
-  it (bench_1b on this CPU). The step, optimizer, batch layout and donation are those of
-  `build_step`; parameters are `jax.ShapeDtypeStruct`s. XLA's buffer assignment reports
+  it (bench_1b on this CPU). The step, optimizer, batch layout (`batch_layout`: what the
+  loss's step reads) and donation are those of `build_step`; parameters are
+  `jax.ShapeDtypeStruct`s. XLA's buffer assignment reports
   (bytes): `argument` (state, reference params, batch), `output`, `alias` (outputs written
   into donated arguments), `temp` (every intermediate live at some point, e.g. the
   activations kept for the backward); the step's peak is at most
@@ -233,6 +385,7 @@ def compiled_memory(config) -> dict:
   from training.step import TrainState, make_train_step
 
   algorithm = algorithms.get_algorithm(config.loss.name)
+  layout = batch_layout(config, unpaired=unpaired)
   mesh = make_mesh(config.mesh)
   graphdef, abstract = nnx.split(
       nnx.eval_shape(lambda: experiment._new_model(config, algorithm.requirements.head, 0)),
@@ -246,25 +399,14 @@ def compiled_memory(config) -> dict:
                               experiment._like_params(opt_abstract, param_sharding, mesh))
   scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated(mesh))
   state = TrainState(step=scalar, params=params, opt_state=opt_state, skipped_steps=scalar)
-  d = config.data
-  rows, length = config.batch_size, d.max_prompt_len + d.max_completion_len
   rows_sharding = batch_sharding(mesh)
-  batch = {f"{side}_{key}": jax.ShapeDtypeStruct((rows, length), dtype, sharding=rows_sharding)
-           for side in ("chosen", "rejected")
-           for key, dtype in (("ids", jnp.int32), ("attention_mask", jnp.int32),
-                              ("loss_mask", jnp.float32))}
-  ref_params = None
-  if algorithm.requirements.reference:
-    if config.reference.mode == "precomputed":
-      batch.update({f"ref_{side}_logps": jax.ShapeDtypeStruct((rows, length), jnp.float32,
-                                                              sharding=rows_sharding)
-                    for side in ("chosen", "rejected")})
-    else:
-      ref_params = params
+  batch = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=rows_sharding)
+           for name, (shape, dtype) in layout.arrays().items()}
+  ref_params = params if layout.in_step_frozen else None
   train_step = make_train_step(graphdef, algorithm, config.loss, optimizer,
                                learning_rate_schedule(config.optimizer, config.total_steps),
                                grad_accum_steps=config.grad_accum_steps,
-                               logps=experiment.logp_options(config),
+                               logps=layout.logp_options(config),
                                mesh=experiment.activation_mesh(config, mesh))
   start = time.perf_counter()
   state_sharding = jax.tree.map(lambda x: x.sharding, state)
@@ -272,7 +414,8 @@ def compiled_memory(config) -> dict:
                      out_shardings=(state_sharding, replicated(mesh))).lower(
                          state, ref_params, batch).compile()
   compile_s = time.perf_counter() - start
-  residual_bytes = saved_residual_bytes(graphdef, algorithm, config, params, ref_params, batch)
+  residual_bytes = saved_residual_bytes(graphdef, algorithm, config, params, ref_params, batch,
+                                        layout.logp_options(config))
   stats = compiled.memory_analysis()
   sizes = {name: int(getattr(stats, f"{name}_size_in_bytes"))
            for name in ("argument", "output", "alias", "temp", "generated_code")}
@@ -291,7 +434,8 @@ def compiled_memory(config) -> dict:
                                   + sizes["temp"]),
       **{f"{name}_bytes": value for name, value in sizes.items()},
       "params": int(sum(x.size for x in jax.tree.leaves(params))),
-      "tokens_per_step": 2 * rows * length,
+      "tokens_per_step": len(layout.sides) * layout.rows * layout.length,
+      **layout.summary(),
       "grad_accum_steps": config.grad_accum_steps,
       "mesh": dict(mesh.shape),
       "num_devices": mesh.size,
@@ -300,6 +444,7 @@ def compiled_memory(config) -> dict:
       "platform": device.platform,
       "device_kind": device.device_kind,
       "jax_version": jax.__version__,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
 
 
@@ -311,7 +456,8 @@ def _with_shardings(tree, shardings):
                       tree, shardings)
 
 
-def saved_residual_bytes(graphdef, algorithm, config, params, ref_params, batch) -> int:
+def saved_residual_bytes(graphdef, algorithm, config, params, ref_params, batch,
+                         logps=None) -> int:
   """Bytes of the residuals autodiff saves between the loss's forward and backward pass.
 
   `jax.ad_checkpoint.saved_residuals` of the policy's loss on the whole batch (one
@@ -326,7 +472,7 @@ def saved_residual_bytes(graphdef, algorithm, config, params, ref_params, batch)
   from training import experiment
   from training.step import loss_inputs
 
-  logps = experiment.logp_options(config)
+  logps = experiment.logp_options(config) if logps is None else logps
 
   def loss(params, ref_params, batch):
     inputs = loss_inputs(graphdef, params, ref_params, batch, algorithm, logps)
@@ -356,8 +502,33 @@ def residual_bytes(lines) -> int:
   return total
 
 
-def build_step(config):
-  """(compiled step, compile seconds, state, ref_params, batch, model config, mesh)."""
+def layout_batch(layout: BatchLayout, prompt_len: int, vocab_size: int, seed: int) -> dict:
+  """`synthetic_batch` in `layout` (numpy), without the frozen log-probs (`build_step` adds
+  them): its sides, and its targets: labels 1 (chosen) / 0 (rejected), DNO's preference
+  probability 0.75, normal(0, 1) scores, normal(0, 0.1) token values on the loss mask."""
+  import numpy as np
+
+  pairs = synthetic_batch(layout.rows, prompt_len, layout.length - prompt_len, vocab_size, seed)
+  batch = {k: v for k, v in pairs.items() if k.split("_")[0] in layout.sides}
+  rng = np.random.default_rng(seed + 1)
+  fixed = {"chosen_label": 1.0, "rejected_label": 0.0, "preference_prob": 0.75}
+  for name in layout.pair_targets:
+    value = fixed.get(name)
+    batch[name] = (np.full(layout.rows, value, np.float32) if value is not None
+                   else rng.normal(size=layout.rows).astype(np.float32))
+  for name in layout.token_targets:
+    mask = batch[f"{_target_side(name)}_loss_mask"]
+    batch[name] = (0.1 * rng.normal(size=mask.shape)).astype(np.float32) * mask
+  return batch
+
+
+def build_step(config, unpaired: bool = False):
+  """(compiled step, compile seconds, state, ref_params, batch, model config, mesh).
+
+  The batch is `layout_batch` of `batch_layout(config, unpaired)`; every frozen model whose
+  log-probs it carries is the initial policy (π_ref = π_t = π_0, as in a run's first round),
+  so those log-probs are one forward of the parameters.
+  """
   import jax
   import jax.numpy as jnp
 
@@ -369,7 +540,8 @@ def build_step(config):
 
   mesh = make_mesh(config.mesh)
   algorithm = algorithms.get_algorithm(config.loss.name)
-  graphdef, params = experiment.init_params(config, mesh)
+  layout = batch_layout(config, unpaired=unpaired)
+  graphdef, params = experiment.init_params(config, mesh, algorithm.requirements.head)
   schedule = learning_rate_schedule(config.optimizer, config.total_steps)
   optimizer = make_optimizer(config.optimizer, config.total_steps)
   # The optimizer state sharded like the parameters, as training.experiment.build lays it out.
@@ -382,21 +554,17 @@ def build_step(config):
                      skipped_steps=jax.device_put(jnp.zeros((), jnp.int32), scalar))
 
   mcfg = experiment.model_config(config)
-  d = config.data
-  batch = synthetic_batch(config.batch_size, d.max_prompt_len, d.max_completion_len,
-                          mcfg.vocab_size, config.seed)
-  batch = put_batch(batch, mesh)
+  batch = put_batch(layout_batch(layout, config.data.max_prompt_len, mcfg.vocab_size,
+                                 config.seed), mesh)
   # How log-probs are computed: the run's own options (training/step.py: LogpOptions).
-  logps = experiment.logp_options(config)
-  ref_params = None
-  if algorithm.requirements.reference:
-    # A copy, not an alias: the step donates the policy params.
-    ref_params = jax.tree.map(jnp.copy, params)
-    if config.reference.mode == "precomputed":
-      ref_chosen, ref_rejected = jax.jit(
-          lambda p, b: pair_logps(graphdef, p, b, logps))(ref_params, batch)
-      batch = dict(batch, ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
-      ref_params = None
+  logps = layout.logp_options(config)
+  if layout.stored:
+    frozen = jax.jit(lambda p, b: pair_logps(graphdef, p, b, logps))(params, batch)
+    for slot in layout.stored:
+      batch.update({f"{slot}_{side}_logps": value
+                    for side, value in zip(layout.sides, frozen)})
+  # A copy, not an alias: the step donates the policy params.
+  ref_params = jax.tree.map(jnp.copy, params) if layout.in_step_frozen else None
   train_step = make_train_step(graphdef, algorithm, config.loss, optimizer, schedule,
                                grad_accum_steps=config.grad_accum_steps, logps=logps,
                                mesh=experiment.activation_mesh(config, mesh))
@@ -410,13 +578,14 @@ def build_step(config):
   return compiled, compile_s, state, ref_params, batch, mcfg, mesh
 
 
-def run(config, steps: int, warmup: int) -> dict:
+def run(config, steps: int, warmup: int, unpaired: bool = False) -> dict:
   """Times `steps` train steps after `warmup` untimed ones; returns the result dict."""
   import jax
 
   import models
 
-  step_fn, compile_s, state, ref_params, batch, mcfg, mesh = build_step(config)
+  step_fn, compile_s, state, ref_params, batch, mcfg, mesh = build_step(config, unpaired)
+  layout = batch_layout(config, unpaired)
   times, losses = [], []
   first_step_s = None
   for i in range(warmup + steps):
@@ -431,8 +600,9 @@ def run(config, steps: int, warmup: int) -> dict:
       times.append(elapsed)
 
   d = config.data
-  tokens = 2 * config.batch_size * (d.max_prompt_len + d.max_completion_len)
-  reference_in_step = config.reference.mode == "in_step"
+  tokens = len(layout.sides) * layout.rows * layout.length
+  # A frozen model's forward in the step (an online round's are stored with its rows).
+  reference_in_step = layout.in_step_frozen
   non_embedding = models.num_non_embedding_params(mcfg)
   flops = model_flops_per_step(non_embedding, tokens, reference_in_step)
   step_time = statistics.median(times)
@@ -450,7 +620,8 @@ def run(config, steps: int, warmup: int) -> dict:
       "model_flops_per_step": flops,
       "flops_formula": "(6 + 2*in_step_reference) * N_non_embedding * T",
       # Attention and lm_head included (experiments/benchmark_work.py): what the step costs.
-      "work_flops_per_step": work_per_step(config, d.max_prompt_len + d.max_completion_len),
+      "work_flops_per_step": work_per_step(config, layout.length, sides=len(layout.sides),
+                                           reference_in_step=reference_in_step),
       "achieved_tflops": flops / step_time / 1e12,
       "mfu": None if peak is None else flops / step_time / (peak * jax.device_count()),
       "peak_bf16_flops_per_device": peak,
@@ -459,7 +630,8 @@ def run(config, steps: int, warmup: int) -> dict:
       "tokens_per_step": tokens,
       "batch_size": config.batch_size,
       "prompt_len": d.max_prompt_len,
-      "completion_len": d.max_completion_len,
+      "completion_len": layout.length - d.max_prompt_len,
+      **layout.summary(),
       "non_embedding_params": non_embedding,
       "params": models.num_params(mcfg),
       "reference_mode": config.reference.mode,
@@ -596,10 +768,13 @@ def main(argv):
   if _REUSE_HOST_BUFFERS.value:
     _host_buffers_reused = reuse_host_buffers()  # before JAX starts its threads
   set_cpu_xla_flags(_YNN.value)  # before anything imports jax's backends
-  from training import config_check
-
+  keep_barriers = _KEEP_BARRIERS.value
+  if keep_barriers is None:
+    keep_barriers = _MEMORY_ONLY.value and _MODE.value == "train"
+  if keep_barriers:
+    keep_cpu_barriers()
   try:
-    config_check.validate(_CONFIG.value)
+    validate(_CONFIG.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   if _MODE.value == "sample":
@@ -613,7 +788,7 @@ def main(argv):
       config = copy.deepcopy(_CONFIG.value)
       config.model.remat = mode
       try:
-        config_check.validate(config)
+        validate(config)
       except ValueError as e:
         print(json.dumps({"config": config.name, "remat": mode, "skipped": str(e)}), flush=True)
         continue
@@ -622,11 +797,47 @@ def main(argv):
   print(json.dumps(_measure(_CONFIG.value)), flush=True)
 
 
+# The oracle `validate` checks an online loss's config with: the verifier, which needs nothing.
+_STEP_ONLY_ORACLE = {"scorer": "verifier", "judge": "", "scorer_path": ""}
+
+
+def validate(config):
+  """`config_check.validate`, except an online loss's oracle (module doc: "What the step
+  reads").
+
+  The step trains on rows the round has already scored, so the oracle (a judge callable, a
+  preference model's workdir: placeholders in the paper presets) is not part of what is
+  measured; its fields are checked as if the verifier scored the round. Everything else is
+  checked as a run would be.
+  """
+  import algorithms
+  from training import config_check
+
+  if algorithms.get_algorithm(config.loss.name).requirements.online is not None:
+    config = copy.deepcopy(config)
+    config.online.update(_STEP_ONLY_ORACLE)
+  config_check.validate(config)
+
+
+def oracle_note(config):
+  """What the result line says of an online loss's oracle (None for an offline loss)."""
+  import algorithms
+
+  if algorithms.get_algorithm(config.loss.name).requirements.online is None:
+    return None
+  return (f"not validated (config.online.scorer={config.online.scorer!r}): the step trains "
+          "on rows already scored")
+
+
 def _measure(config) -> dict:
   """--memory_only's plan or the timed run of `config`, with its remat mode named."""
   if _MEMORY_ONLY.value:
-    return compiled_memory(config)
-  return dict(run(config, _STEPS.value, _WARMUP.value), remat=config.model.remat)
+    result = compiled_memory(config, unpaired=_UNPAIRED.value)
+  else:
+    result = dict(run(config, _STEPS.value, _WARMUP.value, unpaired=_UNPAIRED.value),
+                  remat=config.model.remat)
+  note = oracle_note(config)
+  return result if note is None else dict(result, oracle=note)
 
 
 if __name__ == "__main__":

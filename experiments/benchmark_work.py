@@ -16,15 +16,23 @@ Without an in-step reference: 6·N, 6·D·V, 12·L·A·S.
 """
 
 
-def work_per_step(config, seq_len: int) -> float:
-  """W(S) of the module doc, in FLOPs, for `config`'s model, batch and reference mode."""
+def work_per_step(config, seq_len: int, *, sides: int = 2,
+                  reference_in_step: bool | None = None) -> float:
+  """W(S) of the module doc, in FLOPs, for `config`'s model, batch and reference mode.
+
+  `sides`: rows per batch entry (2 for pairs, 1 for single responses: T = sides·batch·S).
+  `reference_in_step`: whether a frozen model runs in the step; None reads
+  config.reference.mode (an online round stores its frozen log-probs: pass False).
+  """
   import models
   from training import experiment
 
   m = experiment.model_config(config)
-  tokens = 2 * config.batch_size * seq_len
+  tokens = sides * config.batch_size * seq_len
   n = models.num_non_embedding_params(m)
-  dense, attention = (8, 16) if config.reference.mode == "in_step" else (6, 12)
+  if reference_in_step is None:
+    reference_in_step = config.reference.mode == "in_step"
+  dense, attention = (8, 16) if reference_in_step else (6, 12)
   attn_width = m.num_heads * m.head_dim
   return tokens * (dense * (n + m.hidden_size * m.vocab_size)
                    + attention * m.num_layers * attn_width * seq_len)

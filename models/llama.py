@@ -55,7 +55,7 @@ from flax import nnx
 
 from models import kernels
 from models.config import ModelConfig
-from models.partitioning import constrain_batch
+from models.partitioning import constrain_batch, gather_after
 
 _INIT_STD = 0.02  # HF initializer_range.
 
@@ -509,6 +509,15 @@ def remat_blocks(fn, mode: str):
   return nnx.remat(fn, policy=remat_policy(mode))
 
 
+def _fetch_after(block: Block, x):
+  """(`block`, x) with the block's parameters and x through `gather_after`: on a
+  batch-sharded mesh the block's weights are gathered only once x exists (x: the input of
+  the layer before it, so that one layer's gather overlaps the previous layer's compute)."""
+  graphdef, state = nnx.split(block)
+  state, x = gather_after(state, x)
+  return nnx.merge(graphdef, state), x
+
+
 def _run_block(block: Block, x, cos, sin, mask):
   return block(x, cos, sin, mask)
 
@@ -645,8 +654,13 @@ class Transformer(nnx.Module):
     # Remat recomputes a block's activations in the backward pass instead of
     # storing them: memory per block drops to its input (or its matmul outputs).
     block_fn = remat_blocks(_run_block, cfg.remat)
-    for block, ((cos, sin), layer_mask) in zip(self.layers, per_layer):
-      x = constrain_batch(block_fn(block, x, cos, sin, layer_mask))
+    layers = list(self.layers)
+    block, x = _fetch_after(layers[0], x)
+    for i, ((cos, sin), layer_mask) in enumerate(per_layer):
+      current = block
+      if i + 1 < len(layers):  # the next layer's weights are fetched while this one runs
+        block, x = _fetch_after(layers[i + 1], x)
+      x = constrain_batch(block_fn(current, x, cos, sin, layer_mask))
     return self.final_norm(x)
 
   def prefix_shared_hidden_states(self, prefix_ids, prefix_mask, suffix_ids, suffix_mask):
@@ -703,9 +717,14 @@ class Transformer(nnx.Module):
     per_layer = self._per_layer(rope, masks, sliding)
     prefix, suffix = (constrain_batch(self._embed(ids)) for ids in (prefix_ids, suffix_ids))
     block_fn = remat_blocks(_run_block_prefix_shared, cfg.remat)
-    for block, (layer_rope, layer_masks) in zip(self.layers, per_layer):
+    layers = list(self.layers)
+    block, (prefix, suffix) = _fetch_after(layers[0], (prefix, suffix))
+    for i, (layer_rope, layer_masks) in enumerate(per_layer):
+      current = block
+      if i + 1 < len(layers):  # as in hidden_states
+        block, (prefix, suffix) = _fetch_after(layers[i + 1], (prefix, suffix))
       prefix, suffix = map(constrain_batch,
-                           block_fn(block, prefix, suffix, layer_rope, layer_masks))
+                           block_fn(current, prefix, suffix, layer_rope, layer_masks))
     return self.final_norm(prefix), self.final_norm(suffix)
 
   # --------------------------------------------------------------------------

@@ -28,7 +28,9 @@ the parameters' 'embed' -> 'fsdp' layout into the activations: every device hold
 whole micro-batch's hidden states split over D, with all-reduces of [B, T, F] MLP
 activations (the compiled step on an fsdp=8 mesh), tensor parallelism over the fsdp axis
 rather than FSDP; which plans less memory depends on the batch and lengths
-(docs/performance.md). Outside that context (sampling, oracles) nothing changes.
+(docs/performance.md). In that context the model also fetches a block's weights only once
+the block before it has its input (`gather_after`). Outside it (sampling, oracles) nothing
+changes.
 
 Parameters carry no sharding annotations in the model code: use a mesh with
 `AxisType.Auto` axes (GSPMD propagation), e.g.
@@ -97,6 +99,24 @@ def constrain_batch(x):
     return x
   spec = PartitionSpec(names, *(None,) * (x.ndim - 1))
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def gather_after(tree, x):
+  """(tree, x) joined by an optimization barrier inside `batch_sharded_activations`; both
+  unchanged outside it.
+
+  Under the batch-sharded layout every block all-gathers its fsdp-sharded weights. Those
+  gathers depend on the parameters only, so a scheduler may issue every layer's at the start
+  of the step and hold all of them through the forward: XLA:CPU's plan did (the gathered
+  weights of all layers live at once, 0.77 GiB per Llama-3-8B layer on fsdp=8;
+  docs/recipes.md, "Memory of the paper presets"). Passing a block's parameters through a
+  barrier with `x`, the activations of the layer before it, makes its gather wait for that
+  layer: at most two layers' weights are gathered at a time, one computing and one
+  prefetched. Values and gradients are unchanged (the barrier is the identity).
+  """
+  if _ACTIVATION_BATCH.get() is None:
+    return tree, x
+  return jax.lax.optimization_barrier((tree, x))
 
 
 def _param_state(model_or_state) -> nnx.State:

@@ -20,7 +20,7 @@ file holds prompt/chosen/rejected records (UltraFeedback-binarized's layout; put
 teacher's response in `chosen`) or unpaired prompt/completion/label records; the oracle is
 a judge callable wrapping GPT-4-Turbo, written by the user.
 
-One host (the online driver runs on one process; shard the model over the host's chips):
+One host (one process; shard the model over the host's chips):
 
     python -m experiments.reproduce --recipe=dno --preset=paper --workdir=/tmp/dno_paper \
         --checkpoint=/path/to/orca-2.5-7b --data=/path/to/ultrafeedback_binarized \
@@ -31,8 +31,14 @@ One host (the online driver runs on one process; shard the model over the host's
         --config.data.path=/path/to/ultrafeedback_binarized \
         --config.online.judge=judges.gpt4_turbo:judge
 
-A multi-host pod: not yet (online rounds run on one process, `config_check`); run the
-command above on one host of the pod.
+A multi-host pod (the same command on every host; workdir and data on storage every host
+sees; the judge is called on process 0 only and its verdicts sent to the others, docs/online.md
+"On several hosts"; `experiments.iterate` takes the same `--distributed`):
+
+    python -m experiments.reproduce --recipe=dno --preset=paper --workdir=/mnt/shared/dno \
+        --checkpoint=/mnt/shared/orca-2.5-7b --data=/mnt/shared/ultrafeedback_binarized \
+        --set=online.judge=judges.gpt4_turbo:judge --distributed \
+        --set=mesh.fsdp=32 --set=grad_accum_steps=2
 
 The tiny preset (CPU, about 2 minutes on a quiet machine: configs/dno.py:tiny, 2 rounds of
 512 prompts x 64 steps (configs/reproduce/__init__.py:shorter_rounds):
@@ -92,6 +98,13 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.data.max_completion_len = 2048  # = max_new_tokens [unverified]
   config.data.buckets = reproduce.buckets(1024, 2048)  # padding only [unverified: our choice]
   config.batch_size = 64  # [unverified: not recovered]
+  # Memory, not maths (the same loss and gradients): experiments/benchmark.py --memory_only on 8
+  # devices (fsdp=8) plans 3,058.4 GiB/device without the settings below, 25.4 GiB/device with them
+  # (docs/recipes.md, "Memory of the paper presets"). [unverified on a GPU]
+  config.grad_accum_steps = 8  # benchmark.py plan: micro-batch 8 pairs (global batch 64 kept)
+  config.model.remat = "block"  # benchmark.py plan (docs/recipes.md)
+  config.model.logits_on = "completion"  # benchmark.py plan (docs/recipes.md)
+  config.mesh.shard_activations = True  # benchmark.py plan: FSDP activations
   config.optimizer.learning_rate = 5e-7  # ≈ 5e-7 (algorithms.md §3.2) [unverified]
   config.optimizer.decay = "cosine"  # [unverified: not recovered]
   config.optimizer.warmup_steps = 31  # warmup ratio 0.1 [unverified]

@@ -29,7 +29,7 @@ A multi-host pod (the same command on every host; workdir and data on shared sto
 
     python -m experiments.reproduce --recipe=dpo --preset=paper --workdir=gs://bucket/dpo \
         --checkpoint=/mnt/shared/sft_model --data=/mnt/shared/hh-rlhf --distributed \
-        --set=mesh.fsdp=16
+        --set=mesh.fsdp=16 --set=grad_accum_steps=4
 
 The tiny preset (CPU, about a minute: the built-in sorting task, configs/dpo.py:tiny with the
 paper's warmup-then-constant schedule):
@@ -79,12 +79,13 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.loss.beta = 0.1  # App. B: "Unless noted otherwise, we use β = 0.1" (0.5 on TL;DR)
   config.batch_size = 64  # App. B: batch size 64; README: batch_size=64
   config.eval_batch_size = 32  # README "Step 3: Run DPO": eval_batch_size=32
-  # Memory, not maths (the same loss and gradients): experiments/benchmark.py --memory_only on
-  # 8 devices (fsdp=8) plans 421.8 GiB/device as written above, 48.1 GiB/device with these
-  # three (docs/recipes.md, "Memory of the paper presets"). [unverified on a GPU]
+  # Memory, not maths (the same loss and gradients): experiments/benchmark.py --memory_only on 8
+  # devices (fsdp=8) plans 421.8 GiB/device without the settings below, 15.9 GiB/device with them
+  # (docs/recipes.md, "Memory of the paper presets"). [unverified on a GPU]
   config.grad_accum_steps = 8  # benchmark.py plan: micro-batch 8 pairs (global batch 64 kept)
   config.model.remat = "block"  # benchmark.py plan (docs/recipes.md)
   config.model.logits_on = "completion"  # benchmark.py plan (docs/recipes.md)
+  config.mesh.shard_activations = True  # benchmark.py plan: FSDP activations (18.5 without)
   # App. B: RMSprop; optax AdamW is this repo's only optimizer. [unverified: optimizer]
   config.optimizer.learning_rate = 1e-6  # App. B: "learning rate of 1e-6"
   config.optimizer.warmup_steps = 150  # App. B: linear warmup 0 -> 1e-6 over 150 steps

@@ -31,7 +31,8 @@ A multi-host pod (the same command on every host, shared storage):
 
     python -m experiments.reproduce --recipe=implicit_prm --preset=paper \
         --workdir=gs://bucket/prm --checkpoint=/mnt/shared/Llama-3.1-8B-Instruct \
-        --data=/mnt/shared/ultrainteract_math_rollout.jsonl --distributed --set=mesh.fsdp=32
+        --data=/mnt/shared/ultrainteract_math_rollout.jsonl --distributed \
+        --set=mesh.fsdp=32 --set=grad_accum_steps=2
 
 Best-of-64 on MATH500 (Table 1) after the paper run, candidates from π_ref
 (Llama-3.1-8B-Instruct, one of the table's generators), MATH500 as `prompt` / `answer`
@@ -93,6 +94,14 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.data.max_completion_len = 7168  # run_ce.sh max_len 8192 [unverified split]
   config.data.buckets = reproduce.buckets(1024, 7168)  # padding only [unverified: our choice]
   config.batch_size = 64  # run_ce.sh train_batch_size 64
+  # Memory, not maths (the same loss and gradients): experiments/benchmark.py --memory_only on 8
+  # devices (fsdp=8) plans 11,282.3 GiB/device without the settings below, 56.8 GiB/device with them
+  # (pairs; 39.8 GiB/device for unpaired records) (docs/recipes.md, "Memory of the paper presets").
+  # [unverified on a GPU]
+  config.grad_accum_steps = 8  # benchmark.py plan: micro-batch 8 (global batch 64 kept)
+  config.model.remat = "block"  # benchmark.py plan (docs/recipes.md)
+  config.model.logits_on = "completion"  # benchmark.py plan (docs/recipes.md)
+  config.mesh.shard_activations = True  # benchmark.py plan: FSDP activations
   config.optimizer.learning_rate = 5e-7  # run_ce.sh learning_rate 5e-7
   config.optimizer.decay = "cosine"  # OpenRLHF default cosine_with_min_lr [unverified]
   config.optimizer.end_lr_factor = 0.1  # OpenRLHF min_lr = 0.1 x lr [unverified]

@@ -30,7 +30,14 @@ One host (one process; shard the model over the host's chips):
         --config.data.tokenizer=/path/to/LLaMA3-SFT --config.data.path=/path/to/iterative-prompt-v1 \
         --config.online.judge=judges.rlhflow_pm:judge
 
-A multi-host pod: not yet (online rounds run on one process); use one host of the pod.
+A multi-host pod (the same command on every host; workdir and data on storage every host
+sees; the judge is called on process 0 only and its verdicts sent to the others, docs/online.md
+"On several hosts"; `experiments.iterate` takes the same `--distributed`):
+
+    python -m experiments.reproduce --recipe=inpo --preset=paper --workdir=/mnt/shared/inpo \
+        --checkpoint=/mnt/shared/LLaMA3-SFT --data=/mnt/shared/iterative-prompt-v1 \
+        --set=online.judge=judges.rlhflow_pm:judge --distributed \
+        --set=mesh.fsdp=32 --set=grad_accum_steps=4
 
 The tiny preset (CPU, about 2 minutes on a quiet machine: configs/inpo.py:tiny for 2 rounds,
 with η = 0.2, the best of docs/online.md's INPO sweep over the first two rounds, and the
@@ -84,7 +91,13 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.data.max_completion_len = 2048  # MNPO max_length 2048 [unverified]
   config.data.buckets = reproduce.buckets(1024, 2048)  # padding only [unverified: our choice]
   config.batch_size = 128  # MNPO: 2 per device x 8 accumulation x 8 GPUs [unverified]
-  config.grad_accum_steps = 8  # MNPO gradient_accumulation_steps 8 [unverified]
+  # Memory, not maths (the same loss and gradients): experiments/benchmark.py --memory_only on 8
+  # devices (fsdp=8) plans 853.0 GiB/device without the settings below, 31.3 GiB/device with them
+  # (docs/recipes.md, "Memory of the paper presets"). [unverified on a GPU]
+  config.grad_accum_steps = 16  # benchmark.py plan: micro-batch 8 pairs (MNPO: 8) [unverified]
+  config.model.remat = "block"  # benchmark.py plan (docs/recipes.md)
+  config.model.logits_on = "completion"  # benchmark.py plan (docs/recipes.md)
+  config.mesh.shard_activations = True  # benchmark.py plan: FSDP activations
   config.optimizer.learning_rate = 5e-7  # MNPO gemma-2-9b-it-mnpo-iter1.yaml [unverified]
   config.optimizer.decay = "cosine"  # gemma-2-9b-it-mnpo-iter1.yaml: cosine
   config.optimizer.warmup_steps = 15  # mnpo-iter1.yaml warmup_ratio 0.1 x 156

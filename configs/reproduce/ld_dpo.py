@@ -31,7 +31,8 @@ A multi-host pod (the same command on every host, shared storage):
 
     python -m experiments.reproduce --recipe=ld_dpo --preset=paper --workdir=gs://bucket/ld \
         --checkpoint=/mnt/shared/Meta-Llama-3-8B-Instruct \
-        --data=/mnt/shared/ultrafeedback_binarized --distributed --set=mesh.fsdp=32
+        --data=/mnt/shared/ultrafeedback_binarized --distributed \
+        --set=mesh.fsdp=32 --set=grad_accum_steps=4
 
 The tiny preset (CPU, about a minute: configs/ld_dpo.py:tiny, α = 0.5):
 
@@ -76,6 +77,13 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.loss.ld_apply_to_ref = True  # TRL >= 0.29 (the paper is silent) [unverified]
   config.loss.beta = 0.1  # DPO's default β (algorithms.md §2.3) [unverified]
   config.batch_size = 128  # SimPO/Zephyr UltraFeedback recipes [unverified]
+  # Memory, not maths (the same loss and gradients): experiments/benchmark.py --memory_only on 8
+  # devices (fsdp=8) plans 4,213.8 GiB/device without the settings below, 39.1 GiB/device with them
+  # (docs/recipes.md, "Memory of the paper presets"). [unverified on a GPU]
+  config.grad_accum_steps = 16  # benchmark.py plan: micro-batch 8 pairs (global batch 128 kept)
+  config.model.remat = "block"  # benchmark.py plan (docs/recipes.md)
+  config.model.logits_on = "completion"  # benchmark.py plan (docs/recipes.md)
+  config.mesh.shard_activations = True  # benchmark.py plan: FSDP activations
   config.optimizer.learning_rate = 5e-7  # DPO default for Llama3 (algorithms.md §2.3) [unverified]
   config.optimizer.decay = "cosine"  # [unverified: the Zephyr/SimPO recipes' schedule]
   config.optimizer.warmup_steps = 48  # warmup ratio 0.1 [unverified]

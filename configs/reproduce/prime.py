@@ -25,7 +25,12 @@ One host (one process; shard the model over the host's chips):
         --config.data.tokenizer=/path/to/Eurus-2-7B-SFT \
         --config.data.path=/path/to/Eurus-2-RL-Data
 
-A multi-host pod: not yet (online rounds run on one process); use one host of the pod.
+A multi-host pod (the same command on every host; workdir and data on storage every host
+sees; docs/online.md "On several hosts"; `experiments.iterate` takes the same `--distributed`):
+
+    python -m experiments.reproduce --recipe=prime --preset=paper --workdir=/mnt/shared/prime \
+        --checkpoint=/mnt/shared/Eurus-2-7B-SFT --data=/mnt/shared/Eurus-2-RL-Data \
+        --distributed --set=mesh.fsdp=32 --set=grad_accum_steps=8
 
 The tiny preset (CPU, about 3 minutes on a quiet machine: configs/prime.py:tiny, clip 0.2,
 accuracy filter [0.2, 0.8]; 2 rounds of 512 prompts x 64 steps):
@@ -92,6 +97,13 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # ppo_epochs=1 with mini-batch = the whole batch: one update per rollout; the rows of a
   # rollout (<= 1024 responses after filtering) go through in 4 steps here. [unverified]
   config.batch_size = 256  # [unverified: rows per step]
+  # Memory, not maths (the same loss and gradients): experiments/benchmark.py --memory_only on 8
+  # devices (fsdp=8) plans 3,058.9 GiB/device without the settings below, 28.8 GiB/device with them
+  # (docs/recipes.md, "Memory of the paper presets"). [unverified on a GPU]
+  config.grad_accum_steps = 32  # benchmark.py plan: micro-batch 8 responses (global batch 256 kept)
+  config.model.remat = "block"  # benchmark.py plan (docs/recipes.md)
+  config.model.logits_on = "completion"  # benchmark.py plan (docs/recipes.md)
+  config.mesh.shard_activations = True  # benchmark.py plan: FSDP activations
   config.total_steps = 4  # [unverified: updates per rollout]
   return config
 

@@ -30,7 +30,8 @@ A multi-host pod (the same command on every host, shared storage):
 
     python -m experiments.reproduce --recipe=simpo --preset=paper --workdir=gs://bucket/simpo \
         --checkpoint=/mnt/shared/Llama-3-Base-8B-SFT \
-        --data=/mnt/shared/ultrafeedback_binarized --distributed --set=mesh.fsdp=32
+        --data=/mnt/shared/ultrafeedback_binarized --distributed \
+        --set=mesh.fsdp=32 --set=grad_accum_steps=4
 
 The tiny preset (CPU, about a minute: configs/simpo.py:tiny, whose β = 2 and γ/β = 0.5 are
 this setting's):
@@ -83,6 +84,12 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # README: "total batch size 128" = per_device_train_batch_size 2 x accumulation 16 x 4 GPUs
   config.batch_size = 128  # README; the .yaml per_device 2 x gradient_accumulation_steps 16
   config.grad_accum_steps = 16  # .yaml gradient_accumulation_steps: 16
+  # Memory, not maths (the same loss and gradients): experiments/benchmark.py --memory_only on 8
+  # devices (fsdp=8) plans 563.3 GiB/device without the settings below, 34.1 GiB/device with them
+  # (docs/recipes.md, "Memory of the paper presets"). [unverified on a GPU]
+  config.model.remat = "block"  # benchmark.py plan (docs/recipes.md)
+  config.model.logits_on = "completion"  # benchmark.py plan (docs/recipes.md)
+  config.mesh.shard_activations = True  # benchmark.py plan: FSDP activations
   config.eval_batch_size = 16  # .yaml per_device_eval_batch_size 4 x 4 GPUs
   config.optimizer.learning_rate = 6e-7  # .yaml learning_rate: 6.0e-7; README table
   config.optimizer.decay = "cosine"  # .yaml lr_scheduler_type: cosine

@@ -35,7 +35,8 @@ A multi-host pod (the same command on every host, shared storage):
 
     python -m experiments.reproduce --recipe=t_reg --preset=paper --workdir=gs://bucket/treg \
         --checkpoint=/mnt/shared/Meta-Llama-3-8B-Instruct \
-        --data=/mnt/shared/llama3-ultrafeedback-armorm --distributed --set=mesh.fsdp=32
+        --data=/mnt/shared/llama3-ultrafeedback-armorm --distributed \
+        --set=mesh.fsdp=32 --set=grad_accum_steps=4
 
 The tiny preset (CPU, about 2 minutes: configs/t_reg.py:tiny, α = 0.25 on DPO; a model trained
 from scratch has near-zero contrastive token rewards, so it exercises the machinery):
@@ -85,6 +86,12 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.optimizer.learning_rate = 3e-7  # SimPO README, DPO on Llama3-Instruct v0.2: 3e-7
   config.batch_size = 128  # SimPO README: total batch 128
   config.grad_accum_steps = 16  # simpo-v2.yaml gradient_accumulation_steps: 16
+  # Memory, not maths (the same loss and gradients): experiments/benchmark.py --memory_only on 8
+  # devices (fsdp=8) plans 574.4 GiB/device without the settings below, 46.5 GiB/device with them
+  # (docs/recipes.md, "Memory of the paper presets"). [unverified on a GPU]
+  config.model.remat = "block"  # benchmark.py plan (docs/recipes.md)
+  config.model.logits_on = "completion"  # benchmark.py plan (docs/recipes.md)
+  config.mesh.shard_activations = True  # benchmark.py plan: FSDP activations
   config.optimizer.decay = "cosine"  # simpo-v2.yaml lr_scheduler_type: cosine
   config.optimizer.end_lr_factor = 0.0  # transformers cosine schedule default: decays to 0
   # simpo-v2.yaml num_train_epochs: 1 over ~59,876 training pairs at batch 128.
