@@ -528,15 +528,11 @@ def _jsonl_lines(file: str) -> Iterator[tuple[int, str]]:
         yield lineno, text
 
 
-def _read_jsonl(file: str) -> list[dict]:
-  out = []
-  for lineno, text in _jsonl_lines(file):
-    record = _loads(text, file, lineno)
-    out.append(normalize_record(record, file=file, line=lineno, index=len(out)))
-  return out
+def _raw_jsonl(file: str) -> list[tuple[int | None, object]]:
+  return [(lineno, _loads(text, file, lineno)) for lineno, text in _jsonl_lines(file)]
 
 
-def _read_json(file: str) -> list[dict]:
+def _raw_json(file: str) -> list[tuple[int | None, object]]:
   with open(file, "rb") as f:
     raw = f.read()
   if raw.startswith(b"\xef\xbb\xbf"):  # UTF-8 BOM
@@ -550,10 +546,10 @@ def _read_json(file: str) -> list[dict]:
   if not isinstance(records, list):
     raise DataError(f"{file}: expected a JSON list of records, got "
                     f"{type(records).__name__}")
-  return [normalize_record(r, file=file, index=i) for i, r in enumerate(records)]
+  return [(None, r) for r in records]
 
 
-def _read_parquet(file: str) -> list[dict]:
+def _raw_parquet(file: str) -> list[tuple[int | None, object]]:
   import pyarrow as pa  # deferred: only Parquet users pay for the import
   import pyarrow.parquet as pq
 
@@ -563,22 +559,35 @@ def _read_parquet(file: str) -> list[dict]:
   # Python objects (e.g. a timestamp outside datetime's range).
   except (pa.ArrowException, OSError, ValueError, OverflowError) as e:
     raise DataError(f"{file}: cannot read Parquet: {e}") from None
-  return [normalize_record(r, file=file, index=i) for i, r in enumerate(rows)]
+  return [(None, r) for r in rows]
 
 
-_READERS = {"jsonl": _read_jsonl, "json": _read_json, "parquet": _read_parquet}
+# (JSON Lines line number or None, the record as stored) of each record of a file.
+_RAW_READERS = {"jsonl": _raw_jsonl, "json": _raw_json, "parquet": _raw_parquet}
 
 
-def read_file(file: str) -> list[dict]:
-  """All records of one file, normalized to prompt/chosen/rejected text."""
+def _raw_records(file: str) -> list[tuple[int | None, object]]:
   kind = EXTENSIONS.get(os.path.splitext(file)[1])
   if kind is None:
     raise DataError(f"{file}: unsupported file type; expected one of "
                     f"{', '.join(EXTENSIONS)}")
   try:
-    return _READERS[kind](file)
+    return _RAW_READERS[kind](file)
   except OSError as e:  # unreadable (permissions, a directory named like a file, I/O)
     raise DataError(f"{file}: cannot read: {e.strerror or e}") from None
+
+
+def read_file(file: str) -> list[dict]:
+  """All records of one file, normalized to prompt/chosen/rejected text."""
+  return [normalize_record(r, file=file, line=line, index=i)
+          for i, (line, r) in enumerate(_raw_records(file))]
+
+
+def read_column(files: Sequence[str], field: str) -> list:
+  """`field` of every record of `files`, in reading order, as stored (None where a record
+  lacks it): the columns normalization does not keep, e.g. RewardBench's `subset`."""
+  return [r.get(field) if isinstance(r, dict) else None
+          for file in files for _, r in _raw_records(file)]
 
 
 def read_files(files: Sequence[str]) -> list[dict]:

@@ -4,10 +4,10 @@ paper reports where it runs locally, and a results table beside the paper's numb
     python -m experiments.reproduce --recipe=dpo --preset=tiny --workdir=/tmp/dpo_recipe
     python -m experiments.reproduce --recipe=dpo --preset=paper --workdir=/tmp/dpo_paper \
         --checkpoint=/path/to/sft_model --data=/path/to/hh-rlhf
-    # every host of a pod (offline recipes; workdir and data on shared storage):
+    # every host of a pod (workdir, checkpoint and data on storage every host sees):
     python -m experiments.reproduce --recipe=simpo --preset=paper --workdir=gs://b/simpo \
         --checkpoint=/mnt/ckpt --data=/mnt/ultrafeedback_binarized --distributed \
-        --set=mesh.fsdp=32
+        --set=mesh.fsdp=32 --set=grad_accum_steps=4
 
 Recipes are `configs/reproduce/<recipe>.py` (docs/recipes.md lists them). `--preset=tiny`
 runs the recipe on the built-in sorting task in a few minutes on CPU; `--preset=paper` is the
@@ -21,7 +21,10 @@ What runs, by the recipe's loss: the offline losses (dpo, simpo, ld_dpo, t_reg, 
 train with `training.loop.train` and report the held-out metrics of metrics.jsonl at step 0
 and at the end (reward accuracy and loss; the implicit PRM's correctness accuracy); the
 online ones (dno, inpo, gpo, prime) run `training.rounds.iterate` and report each round's
-win rate, length-controlled win rate, length and accuracy against π_0. Both write
+win rate, length-controlled win rate, length and accuracy against π_0. A recipe module's
+`REWARD_MODELS` (gpo) trains and scores reward models first (a GPM and a BT model on cyclic
+preferences, `training/reward_bench.py`), and `--reward_bench=DIR` scores an online run's
+GPM / BT scorer on a local copy of RewardBench before its rounds. Both write
 `WORKDIR/results.json` and `WORKDIR/results.md`: the paper's headline numbers and ours, the
 tiny preset's labelled as not comparable (another task, another model).
 
@@ -56,9 +59,13 @@ def define_flags() -> dict:
                                "dataset and columns."),
       checkpoint=flags.DEFINE_string("checkpoint", None, "A Hugging Face checkpoint directory "
                                      "(weights and tokenizer) for model.init_from."),
+      reward_bench=flags.DEFINE_string(
+          "reward_bench", None, "A local copy of allenai/reward-bench (its 'filtered' split): "
+          "the run's GPM / BT scorer (online.scorer_path) is scored on it first, RewardBench's "
+          "way (training/reward_bench.py)."),
       set=flags.DEFINE_multi_string("set", [], "field=value overrides, e.g. loss.beta=0.2."),
       distributed=flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() "
-                                    "first (multi-host runs; offline recipes only)."),
+                                    "first (multi-host runs, offline and online recipes)."),
       coordinator_address=flags.DEFINE_string("coordinator_address", None,
                                               "host:port of process 0."),
       num_processes=flags.DEFINE_integer("num_processes", None, "Number of processes."),
@@ -212,8 +219,9 @@ def our_numbers(config: ConfigDict, summary: dict, metric: str) -> dict:
   }
   if per_round is not None:
     out["rounds"] = per_round
-  if "best_of_n" in summary:
-    out["best_of_n"] = summary["best_of_n"]
+  for extra in ("best_of_n", "reward_models", "reward_bench"):
+    if extra in summary:
+      out[extra] = summary[extra]
   return out
 
 
@@ -268,6 +276,22 @@ def results_markdown(record: dict) -> str:
       lines.append(f"| {label} | {record['model']} | best-of-{bon['bon/n']} on "
                    f"{bon['bon/prompts']} held-out prompts: {what} | {_fmt(bon[key])} "
                    f"| WORKDIR/best_of_n.json |")
+  if "reward_models" in ours:
+    rm = ours["reward_models"]
+    for name in ("gpm", "bt_reward"):
+      if name in rm:
+        lines.append(f"| {label} | {name} (2-layer tiny decoder) | held-out pairwise accuracy, "
+                     f"{rm['data']} (no ranking passes {rm['ranking_ceiling']:.1f}) "
+                     f"| {_fmt(rm[name]['accuracy'])} | WORKDIR/reward_models.json |")
+  if "reward_bench" in ours:
+    rb = ours["reward_bench"]
+    shown = {**{k: v for k, v in rb["sections"].items() if k != "score"},
+             "average": rb["sections"].get("score"), "all pairs": rb["accuracy"]}
+    for what, value in shown.items():
+      lines.append(f"| {label} | the scorer {rb['loss']} ({rb['workdir']}) | RewardBench "
+                   f"{what} ({rb['pairs']} pairs, {rb['dropped']} dropped) "
+                   f"| {_fmt(None if value is None else 100 * value)} "
+                   f"| WORKDIR/results.json |")
   if "rounds" in ours:
     lines += ["", "| round | " + " | ".join(k for k in ours["rounds"][0] if k != "round") + " |",
               "|---" * len(ours["rounds"][0]) + "|"]
@@ -293,8 +317,56 @@ def write_results(workdir: str, record: dict) -> tuple[str, str]:
   return json_path, md_path
 
 
+def config_of(spec: str) -> ConfigDict:
+  """'configs/gpm.py:tiny' -> that file's config of that preset."""
+  path, _, preset = spec.partition(":")
+  name = os.path.splitext(path)[0].replace("/", ".")
+  module = importlib.import_module(name)
+  return module.get_config(preset) if preset else module.get_config()
+
+
+def score_reward_models(workdir: str, *, data: str, configs: dict, overrides=()) -> dict:
+  """A recipe's `REWARD_MODELS`: each config of `configs` ({name: 'file:preset'}) with the
+  `overrides`, trained on `data` ('cyclic': data/cyclic.py's tournament, written under
+  WORKDIR/cyclic_data) and scored on its held-out pairs (training/reward_bench.py)."""
+  from data import cyclic
+  from training import reward_bench
+
+  if data != "cyclic":
+    raise ValueError(f"REWARD_MODELS data {data!r}: only 'cyclic' is built in")
+  from training import multihost
+
+  path = os.path.join(workdir, "cyclic_data")
+  if multihost.is_main():  # the others read what process 0 wrote
+    cyclic.write_splits(path, 512, 128)
+  multihost.barrier("cyclic data written")
+  built = {}
+  for name, spec in configs.items():
+    config = config_of(spec)
+    apply_overrides(config, overrides)
+    config.data.path, config.progress_bar = path, False
+    built[name] = config
+  reports = reward_bench.train_and_score(built, workdir)
+  return {"data": "data/cyclic.py (rock-paper-scissors-lizard-Spock), 512 train / 128 held-out",
+          "ranking_ceiling": cyclic.best_order_accuracy(),
+          **{name: {k: r[k] for k in ("accuracy", "pairs")} for name, r in reports.items()}}
+
+
+def scorer_on_reward_bench(config: ConfigDict, data: str) -> dict:
+  """The online run's GPM / BT scorer (`online.scorer_path`) on RewardBench's 'filtered'
+  split at `data`: the paper's RewardBench table for the model that scores the rounds."""
+  from training import config_check, oracles, reward_bench
+
+  if not is_online(config) or config.online.scorer not in oracles.MODEL_ORACLES:
+    raise config_check.ConfigError(
+        f"--reward_bench scores the run's preference-model scorer; config.online.scorer is "
+        f"{config.online.get('scorer')!r} (needs one of {list(oracles.MODEL_ORACLES)})")
+  return reward_bench.evaluate(config.online.scorer_path, data, "filtered")
+
+
 def reproduce(recipe: str, preset: str, workdir: str, *, data: str | None = None,
-              checkpoint: str | None = None, overrides=()) -> dict:
+              checkpoint: str | None = None, overrides=(),
+              reward_bench_data: str | None = None) -> dict:
   """Builds, runs and evaluates one recipe; writes WORKDIR/results.{json,md} (process 0)
   and returns the record."""
   import jax
@@ -302,6 +374,7 @@ def reproduce(recipe: str, preset: str, workdir: str, *, data: str | None = None
   start = time.time()
   config = build_config(recipe, preset, data=data, checkpoint=checkpoint, overrides=overrides)
   module = recipe_module(recipe)
+  reward_models = getattr(module, "REWARD_MODELS", {}).get(preset)
   rollouts = getattr(module, "ROLLOUTS", {}).get(preset)
   bon = getattr(module, "BEST_OF_N", {}).get(preset)
   if rollouts or bon:
@@ -309,7 +382,13 @@ def reproduce(recipe: str, preset: str, workdir: str, *, data: str | None = None
   if rollouts:  # the paper's data built in miniature first (implicit PRM)
     config.model.init_from, config.data.path = best_of_n.prepare_rollout_data(
         config, workdir, **rollouts)
+  scored = score_reward_models(workdir, **reward_models) if reward_models else None
+  bench = scorer_on_reward_bench(config, reward_bench_data) if reward_bench_data else None
   summary = run(config, workdir)
+  if scored:
+    summary["reward_models"] = scored
+  if bench:
+    summary["reward_bench"] = bench
   if bon:
     summary["best_of_n"] = best_of_n.evaluate(config, workdir, best_of_n.BestOfN(**bon))
   record = results_record(recipe, preset, config, summary, time.time() - start)
@@ -329,7 +408,8 @@ def main(argv, flag=None):
                                num_processes=v["num_processes"], process_id=v["process_id"])
   try:
     record = reproduce(v["recipe"], v["preset"], v["workdir"], data=v["data"],
-                       checkpoint=v["checkpoint"], overrides=v["set"])
+                       checkpoint=v["checkpoint"], overrides=v["set"],
+                       reward_bench_data=v["reward_bench"])
   except refusals() as e:
     fail(e)
   ours = record["ours"]

@@ -11,6 +11,7 @@ Headline:
 |---|---|---|---|
 | GPM (d=8), Llama-3.1-8B-Instruct | RewardBench average | 91.90 (BT: 90.56) | RewardBench table [paper] |
 | GPM (d=6), Gemma-2B-it | RewardBench average | 82.29 (BT: 74.85) | RewardBench table [paper] |
+| GPM vs BT reward model | cyclic-preference sets, pairwise accuracy | GPM 100% (BT: 62.4% / 50.0%) | cyclic-preference table [paper] |
 | GPO + GPM, Llama-3-8B-Instruct | AlpacaEval 2.0 LC | beats SPPO/BT; exact numbers not recovered | Table 3 [unverified] |
 
 Data: prompts `UCLA-AGI/data-mistral-7b-instruct-sppo-iter{1,2,3}` (UltraFeedback prompts,
@@ -23,16 +24,31 @@ One host (one process; shard the model over the host's chips):
 
     python -m experiments.reproduce --recipe=gpo --preset=paper --workdir=/tmp/gpo_paper \
         --checkpoint=/path/to/Meta-Llama-3-8B-Instruct --data=/path/to/sppo_prompts \
-        --set=online.scorer_path=/path/to/gpm_run --set=mesh.fsdp=8
+        --set=online.scorer_path=/path/to/gpm_run --set=mesh.fsdp=8 \
+        --reward_bench=/path/to/reward-bench  # optional: the GPM's RewardBench table first
     python -m experiments.iterate --config=configs/reproduce/gpo.py:paper \
         --workdir=/tmp/gpo_paper --config.model.init_from=/path/to/Meta-Llama-3-8B-Instruct \
         --config.data.tokenizer=/path/to/Meta-Llama-3-8B-Instruct \
         --config.data.path=/path/to/sppo_prompts --config.online.scorer_path=/path/to/gpm_run
 
-A multi-host pod: not yet (online rounds run on one process); use one host of the pod.
+A multi-host pod (the same command on every host; workdir, data and the GPM run on storage
+every host sees; each process restores the GPM onto the mesh, docs/online.md "On several
+hosts"; `experiments.iterate` takes the same `--distributed`):
 
-The tiny preset (CPU, about 2 minutes on a quiet machine: configs/gpo.py:tiny, scores from
-the sorting verifier, β = 1; 2 rounds of 512 prompts x 64 steps):
+    python -m experiments.reproduce --recipe=gpo --preset=paper --workdir=/mnt/shared/gpo \
+        --checkpoint=/mnt/shared/Meta-Llama-3-8B-Instruct --data=/mnt/shared/sppo_prompts \
+        --set=online.scorer_path=/mnt/shared/gpm_run --distributed \
+        --set=mesh.fsdp=32 --set=grad_accum_steps=2
+
+The GPM's RewardBench table alone (allenai/reward-bench's 'filtered' split, local copy):
+
+    python -m experiments.reward_bench --workdir=/path/to/gpm_run \
+        --data=/path/to/reward-bench --split=filtered
+
+The tiny preset (CPU, about 3 minutes on a quiet machine): first a GPM and a BT reward
+model on cyclic preferences (`REWARD_MODELS` below: held-out pairwise accuracy, the paper's
+cyclic-preference claim in miniature), then configs/gpo.py:tiny's rounds (scores from the
+sorting verifier, β = 1; 2 rounds of 512 prompts x 64 steps):
 
     python -m experiments.reproduce --recipe=gpo --preset=tiny --workdir=/tmp/gpo_recipe
 """
@@ -48,6 +64,8 @@ PAPER = {
         ("GPM d=8, Llama-3.1-8B-Instruct", "RewardBench average", "91.90 (BT 90.56)",
          "RewardBench table"),
         ("GPM d=6, Gemma-2B-it", "RewardBench average", "82.29 (BT 74.85)", "RewardBench table"),
+        ("GPM vs BT reward model", "cyclic-preference sets, pairwise accuracy",
+         "GPM 100% (BT 62.4% / 50.0%)", "cyclic-preference table [paper]"),
         ("GPO + GPM, Llama-3-8B-Instruct", "AlpacaEval 2.0 LC", "beats BT-based SPPO "
          "(numbers not recovered)", "Table 3 [unverified]"),
     ],
@@ -89,6 +107,13 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # SPPO pipeline.sh OPTIM=rmsprop; optax AdamW is this repo's only optimizer. [unverified]
   config.optimizer.learning_rate = 5e-7  # SPPO pipeline.sh LEARNING_RATE=5.0e-7
   config.batch_size = 64  # per-device 8 (algorithms.md §5.2) x 8 GPUs [unverified]
+  # Memory, not maths (the same loss and gradients): experiments/benchmark.py --memory_only on 8
+  # devices (fsdp=8) plans 3,342.0 GiB/device without the settings below, 31.3 GiB/device with
+  # them (docs/recipes.md, "Memory of the paper presets"). [unverified on a GPU]
+  config.grad_accum_steps = 8  # benchmark.py plan: micro-batch 8 pairs (global batch 64 kept)
+  config.model.remat = "block"  # benchmark.py plan (docs/recipes.md)
+  config.model.logits_on = "completion"  # benchmark.py plan (docs/recipes.md)
+  config.mesh.shard_activations = True  # benchmark.py plan: FSDP activations
   config.optimizer.decay = "linear"  # SPPO recipes/*/config_full.yaml [unverified]
   config.optimizer.warmup_steps = 31  # warmup ratio 0.1 [unverified]
   config.total_steps = 312  # 1 epoch per iteration of 20k pairs at batch 64 [unverified]
@@ -103,6 +128,23 @@ def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 PRESETS = {"paper": paper, "tiny": tiny}
+
+# The paper's claim about its scorer, in miniature (experiments/reproduce.py runs it before
+# the rounds): a GPM and a BT reward model, the tiny decoder cut to 2 layers x 64, trained
+# on the same cyclic preferences (data/cyclic.py: rock-paper-scissors-lizard-Spock, 512
+# train / 128 held-out pairs) and scored on the held-out pairs RewardBench's way
+# (training/reward_bench.py), beside the paper's cyclic-preference numbers. No ranking gets
+# more than 7 of the tournament's 10 pairs right, so BT cannot pass 0.7 in expectation.
+# At the paper's scale, score the scorer GPM on RewardBench instead:
+# `python -m experiments.reward_bench --workdir=/path/to/gpm_run --data=/path/to/reward-bench
+# --split=filtered` (allenai/reward-bench; columns prompt, chosen, rejected, subset).
+REWARD_MODELS = {"tiny": {
+    "data": "cyclic",
+    "configs": {"gpm": "configs/gpm.py:tiny", "bt_reward": "configs/bt_reward.py:tiny"},
+    "overrides": ("total_steps=150", "optimizer.learning_rate=0.003", "model.num_layers=2",
+                  "model.hidden_size=64", "model.intermediate_size=128", "model.num_heads=4",
+                  "model.num_kv_heads=2", "eval_every=150", "checkpoint_every=150"),
+}}
 
 
 def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
