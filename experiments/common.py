@@ -100,3 +100,19 @@ def quiet_libraries():
     return
   logging.get_absl_handler().addFilter(_QuietLibraries(std_logging.CRITICAL))
   sys.stderr = _WithoutLoopEchoes(sys.stderr)
+
+
+def run_summary(config, workdir: str) -> str:
+  """One line that says what is about to run, printed before the progress bar."""
+  m, d = config.model, config.data
+  model = m.init_from or f"{m.architecture} {m.num_layers} layers x {m.hidden_size} (random init)"
+  data = d.path or "the built-in sorting task"
+  import algorithms  # already imported by the config check
+  online = algorithms.get_algorithm(config.loss.name).requirements.online is not None
+  steps = (f"{config.online.rounds} rounds of {config.total_steps} steps" if online
+           else f"{config.total_steps} steps")
+  # Every hyperparameter of the loss: the losses share no field but `name` (β, τ, η, ...).
+  loss = ", ".join(f"{k}={v}" for k, v in sorted(config.loss.items()) if k != "name")
+  return (f"{config.name} -> {workdir}: loss {config.loss.name} ({loss}), "
+          f"{model}, data {data}, {steps} of {config.batch_size} pairs, "
+          f"lr {config.optimizer.learning_rate:g} ({config.optimizer.decay})")

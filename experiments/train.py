@@ -22,7 +22,8 @@ from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 from ml_collections.config_flags import config_path
 
-from experiments.common import fail, quiet_libraries, refusals  # noqa: F401 (shared by the CLIs)
+# noqa: F401 below: shared by the CLIs that import this module as `cli`
+from experiments.common import fail, quiet_libraries, refusals, run_summary  # noqa: F401
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file[:preset].",
                                           lock_config=True)
@@ -136,22 +137,6 @@ def checked_config() -> ConfigDict:
   except ValueError as e:  # ConfigError, or the algorithm's own ValueError
     fail(e)
   return _CONFIG.value
-
-
-def run_summary(config, workdir: str) -> str:
-  """One line that says what is about to run, printed before the progress bar."""
-  m, d = config.model, config.data
-  model = m.init_from or f"{m.architecture} {m.num_layers} layers x {m.hidden_size} (random init)"
-  data = d.path or "the built-in sorting task"
-  import algorithms  # already imported by the config check
-  online = algorithms.get_algorithm(config.loss.name).requirements.online is not None
-  steps = (f"{config.online.rounds} rounds of {config.total_steps} steps" if online
-           else f"{config.total_steps} steps")
-  # Every hyperparameter of the loss: the losses share no field but `name` (β, τ, η, ...).
-  loss = ", ".join(f"{k}={v}" for k, v in sorted(config.loss.items()) if k != "name")
-  return (f"{config.name} -> {workdir}: loss {config.loss.name} ({loss}), "
-          f"{model}, data {data}, {steps} of {config.batch_size} pairs, "
-          f"lr {config.optimizer.learning_rate:g} ({config.optimizer.decay})")
 
 
 def main(argv):
