@@ -322,6 +322,11 @@ class PreferenceSource(Sequence[dict]):
       return readers.locate_record(self.files, int(self._ds[index]["record"]), field)
     return locate(self.name, record=index, field=field)
 
+  def position(self, index: int) -> int:
+    """Example ``index``'s record number in its files' reading order (a held-out split's
+    examples are some of its source split's records)."""
+    return int(self._ds[index]["record"])
+
   @staticmethod
   def _convert(rec: dict) -> dict:
     """A stored example as the readers' record: 'rejected' None for an unpaired record,

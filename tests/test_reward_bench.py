@@ -66,15 +66,27 @@ def test_a_tie_counts_as_wrong_as_in_rewardbench():
                                "b": {"accuracy": 0.5, "pairs": 2}}
 
 
-def test_evaluate_scores_a_trained_gpm_per_subset_and_section(tmp_path, tfds_dir):
-  """A micro GPM (6 steps on the built-in task) scored on a RewardBench-layout file: the
-  subsets, the sections from them, the dropped identical pair, and the accuracy equal to the
-  oracle's own judgement of each pair."""
+def test_evaluate_scores_a_trained_gpm_per_subset_and_section(tmp_path):
+  """A micro GPM (6 steps) scored on its own held-out split, then on a RewardBench-layout
+  file: the subsets, the sections from them, the dropped identical pair, and the accuracy
+  equal to the oracle's own judgement of each pair."""
+  def sorts(n, subsets):
+    return [{"prompt": f"sort {i % 10} 3 1:", "chosen": f" 1 3 {i}", "rejected": f" 3 1 {i}",
+             "subset": subsets[i % len(subsets)]} for i in range(n)]
+
+  # Trained on one file: its eval split is held out of it, as training holds it out.
+  train_file = tmp_path / "sorts.jsonl"
+  train_file.write_text("".join(json.dumps(r) + "\n" for r in sorts(160, ["x", "y"])))
   run = str(tmp_path / "gpm")
-  loop.train(micro_config(**{"loss.name": "gpm", "data.data_dir": tfds_dir}), run)
+  loop.train(micro_config(**{"loss.name": "gpm", "data.path": str(train_file)}), run)
+  own = reward_bench.evaluate(run)
+  # Whole prompts are held out: each of the 10 prompts has 16 records.
+  assert 0 < own["pairs"] < 160 and own["pairs"] % 16 == 0 and own["split"] == "test"
+  assert sum(v["pairs"] for v in own["subsets"].values()) == own["pairs"]
+  assert set(own["subsets"]) <= {"x", "y"} and own["sections"] == {}
+
   subsets = ["alpacaeval-easy"] * 3 + ["math-prm"] * 2 + ["hep-python"] * 2 + ["mine"]
-  records = [{"prompt": f"sort {i} 3 1:", "chosen": f" 1 3 {i}", "rejected": f" 3 1 {i}",
-              "subset": s} for i, s in enumerate(subsets)]
+  records = sorts(8, subsets)
   records.insert(4, {"prompt": "sort 2 1:", "chosen": " 1 2", "rejected": " 1 2",
                      "subset": "math-prm"})  # identical: the pipeline drops it
   data = tmp_path / "bench"

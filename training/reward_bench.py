@@ -93,14 +93,13 @@ def chosen_wins(oracle, pairs, prompts: list[str]) -> np.ndarray:
   return (scores[:, 0, 1] > 0).astype(np.float64)
 
 
-def _subsets(path: str, split: str, count: int) -> list[str]:
-  """Each record's `subset` field in reading order ('all' where it has none)."""
+def _subsets(source, path: str, split: str) -> list[str]:
+  """Each example's `subset` field ('all' where its record has none), by its record's
+  position in the split's files (`PreferenceSource.position`)."""
   from data import readers
 
   column = readers.read_column(readers.split_files(path, split), "subset")
-  if len(column) != count:  # the prepared split holds every record, in file order
-    raise ValueError(f"{path}: split {split!r} read {len(column)} records, prepared {count}")
-  return [str(s) if s else _NO_SUBSET for s in column]
+  return [str(column[source.position(i)] or _NO_SUBSET) for i in range(len(source))]
 
 
 def evaluate(workdir: str, data: str | None = None, split: str | None = None, *,
@@ -118,25 +117,38 @@ def evaluate(workdir: str, data: str | None = None, split: str | None = None, *,
   mesh = make_mesh(run_mesh(run))
   oracle = PreferenceModelOracle.from_workdir(workdir, mesh, batch_size=batch_size)
   config = oracle.config
-  path = config.data.path if data is None else data
-  split = split or (config.data.eval_split if data is None else "test")
-  data_dir = data_dir or config.data.data_dir or os.path.join(workdir, "tfds")
-  if path:
-    source = tfds_builders.load_preference_source(path, split, data_dir)
+  if data is None:  # the run's own eval split, held out of its data as training held it out
+    from training.experiment import load_sources
+
+    if split:
+      config.data.eval_split = split
+    path, split = config.data.path, config.data.eval_split
+    if data_dir:
+      config.data.data_dir = data_dir
+    source = load_sources(config, workdir)[1]
+    read_split = readers_split(path, split)
   else:
-    d = config.data
+    path, split = data, split or "test"
     source = tfds_builders.load_preference_source(
-        "", split, data_dir, num_train=d.synthetic_train_size, num_test=d.synthetic_test_size,
-        seed=config.seed)
+        path, split, data_dir or os.path.join(workdir, "tfds"))
+    read_split = split
   tokenizer = load_tokenizer(config.data.tokenizer)
   pairs = [p for p in pipeline.tokenize(source, tokenizer, tokenize_limits(config))
            if p.rejected is not None]
-  subsets = _subsets(path, split, len(source)) if path else [_NO_SUBSET] * len(source)
+  subsets = _subsets(source, path, read_split) if path else [_NO_SUBSET] * len(source)
   ids = [int(p.example_id) for p in pairs]
   correct = chosen_wins(oracle, pairs, [source[i]["prompt"] for i in ids])
   result = summarize(correct, [subsets[i] for i in ids], dropped=len(source) - len(pairs))
   return {"workdir": workdir, "loss": config.loss.name, "data": path or "the built-in sorting "
           "task", "split": split, **result}
+
+
+def readers_split(path: str, split: str) -> str:
+  """The split of `path`'s files that holds `split`'s records: itself, or the one split an
+  absent eval split is held out of (`data.readers.held_out_of`)."""
+  from data import readers
+
+  return (readers.held_out_of(path, split) or split) if path else split
 
 
 def run_mesh(run: dict, num_devices: int | None = None):
