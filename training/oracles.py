@@ -50,6 +50,7 @@ import numpy as np
 from absl import logging
 
 from data import synthetic
+from training import multihost  # jax and numpy only: keeps this module light
 
 ORACLES = ("verifier", "gpm", "bt_reward", "judge")
 # The scorers that are a trained preference model's workdir (`config.online.scorer_path`).
@@ -397,9 +398,9 @@ class PreferenceModelOracle:
       del batch["example_id"]  # int64 ids: not model inputs
       local = {key: v[index * per_process:(index + 1) * per_process] for key, v in batch.items()}
       v, g = self._forward(self.params, put_batch(local, self.mesh))
-      values.append(_gather(v)[:len(rows) - start])
+      values.append(multihost.host_value(v)[:len(rows) - start])
       if g is not None:
-        gates.append(_gather(g)[:len(rows) - start])
+        gates.append(multihost.host_value(g)[:len(rows) - start])
     values = np.concatenate(values).astype(np.float32).reshape(n, k, -1)
     # The K rows of a prompt share its gates λ(x); take the first row's.
     gates = np.concatenate(gates).astype(np.float32).reshape(n, k, -1)[:, 0] if gates else None
@@ -424,14 +425,6 @@ class PreferenceModelOracle:
                         f"scores for prompt {bad} {_shorten(candidates.prompts[bad])}")
     preferences, scores = _from_scores(table)
     return Judgement(preferences=preferences, scores=scores)
-
-
-def _gather(x) -> np.ndarray:
-  """A batch-sharded global array -> the whole batch as numpy on this host."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(jax.device_get(x))
 
 
 # ---------------------------------------------------------------------------------------
@@ -505,8 +498,6 @@ class CallableOracle:
             f"{b})")
 
   def judge(self, candidates: Candidates) -> Judgement:
-    from training import multihost
-
     n, k = _shape(candidates)
     if jax.process_count() == 1:
       return self._judge(candidates, n, k)

@@ -126,7 +126,7 @@ def evaluate(workdir: str, data: str | None = None, split: str | None = None, *,
     if data_dir:
       config.data.data_dir = data_dir
     source = load_sources(config, workdir)[1]
-    read_split = readers_split(path, split)
+    read_split = _source_split(path, split)
   else:
     path, split = data, split or "test"
     source = tfds_builders.load_preference_source(
@@ -143,7 +143,7 @@ def evaluate(workdir: str, data: str | None = None, split: str | None = None, *,
           "task", "split": split, **result}
 
 
-def readers_split(path: str, split: str) -> str:
+def _source_split(path: str, split: str) -> str:
   """The split of `path`'s files that holds `split`'s records: itself, or the one split an
   absent eval split is held out of (`data.readers.held_out_of`)."""
   from data import readers
