@@ -92,6 +92,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments.benchmark_work import work_per_step
+from experiments.common import reuse_host_buffers, set_cpu_xla_flags  # noqa: F401 (ab_variants)
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/dpo.py:bench_tiny",
                                           "Path to a config file[:preset].", lock_config=True)
@@ -155,41 +156,8 @@ PEAK_BF16_FLOPS = (
     ("tpu v6e", 918e12),
 )
 
-_YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
-
-
 # Whether main() applied --cpu_reuse_host_buffers (recorded in the result line).
 _host_buffers_reused = False
-
-
-def reuse_host_buffers() -> bool:
-  """`--cpu_reuse_host_buffers`: glibc's mallopt so that large freed blocks are reused.
-
-  Must run before JAX creates its thread pools (a thread keeps the arena it first got).
-  Returns whether every mallopt call succeeded (False without glibc).
-  """
-  import ctypes
-
-  try:
-    mallopt = ctypes.CDLL(None).mallopt
-  except (OSError, AttributeError):
-    return False
-  m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # glibc's <malloc.h>
-  settings = ((m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, 2**31 - 1))
-  return all(mallopt(param, value) == 1 for param, value in settings)
-
-
-def set_cpu_xla_flags(ynn_fusion_type: str) -> str:
-  """Adds the YNN fusion flag to XLA_FLAGS (must run before JAX creates its backends).
-
-  Only XLA:CPU reads `xla_cpu_*` flags, so on an accelerator they change nothing there.
-  Returns the resulting XLA_FLAGS.
-  """
-  flags_now = os.environ.get("XLA_FLAGS", "")
-  if ynn_fusion_type != "default" and _YNN_FLAG not in flags_now:
-    flags_now = f"{flags_now} {_YNN_FLAG}={ynn_fusion_type}".strip()
-    os.environ["XLA_FLAGS"] = flags_now
-  return flags_now
 
 
 _BARRIER_PASS = "cse_barrier_expander"

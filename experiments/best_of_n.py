@@ -42,6 +42,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSON (default 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.apply_cpu_settings()
   cli.quiet_libraries()
   config = cli.checked_config()
   from training import best_of_n  # after the checks: a refusal comes before heavy imports

@@ -116,3 +116,44 @@ def run_summary(config, workdir: str) -> str:
   return (f"{config.name} -> {workdir}: loss {config.loss.name} ({loss}), "
           f"{model}, data {data}, {steps} of {config.batch_size} pairs, "
           f"lr {config.optimizer.learning_rate:g} ({config.optimizer.decay})")
+
+
+# XLA:CPU's YNNPACK fusion list; '' turns the fusions off (docs/performance.md, "On an
+# AVX-512 host", and ../shared research: slower inside our steps on both hosts measured).
+_YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+
+
+def set_cpu_xla_flags(ynn_fusion_type: str) -> str:
+  """Adds `--xla_cpu_experimental_ynn_fusion_type=<value>` to XLA_FLAGS; 'default' adds
+  nothing, and a value XLA_FLAGS already sets is kept.
+
+  Must run before JAX creates its backends. Only XLA:CPU reads `xla_cpu_*` flags, so on an
+  accelerator they change nothing there. Returns the resulting XLA_FLAGS.
+  """
+  flags_now = os.environ.get("XLA_FLAGS", "")
+  if ynn_fusion_type != "default" and _YNN_FLAG not in flags_now:
+    flags_now = f"{flags_now} {_YNN_FLAG}={ynn_fusion_type}".strip()
+    os.environ["XLA_FLAGS"] = flags_now
+  return flags_now
+
+
+def reuse_host_buffers() -> bool:
+  """glibc's mallopt so that large freed host blocks are reused instead of mapped afresh.
+
+  XLA:CPU allocates each execution's temporaries as one block from a pool thread; glibc's
+  thread arenas cannot hold it, so it is mmap'ed and unmapped every step, and its page
+  faults cost ~0.2 CPU-s per bench_tiny step (docs/performance.md, "reused host buffers").
+  M_ARENA_MAX=1, M_MMAP_MAX=0 and M_TRIM_THRESHOLD=2^31-1 serve every thread from the main
+  heap and keep what it grew to. Host memory only; no numbers change. Must run before JAX
+  creates its thread pools (a thread keeps the arena it first got). Returns whether every
+  mallopt call succeeded (False without glibc).
+  """
+  import ctypes
+
+  try:
+    mallopt = ctypes.CDLL(None).mallopt
+  except (OSError, AttributeError):
+    return False
+  m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # glibc's <malloc.h>
+  settings = ((m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, 2**31 - 1))
+  return all(mallopt(param, value) == 1 for param, value in settings)

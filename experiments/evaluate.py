@@ -28,6 +28,7 @@ flags.mark_flag_as_required("checkpoint")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.apply_cpu_settings()
   cli.quiet_libraries()
   config = cli.checked_config()
   from training import rounds  # after the checks: a refusal comes before heavy imports

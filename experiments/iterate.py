@@ -29,6 +29,7 @@ def format_round(row: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.apply_cpu_settings()
   cli.quiet_libraries()
   cli.maybe_initialize_distributed()
   config = cli.checked_config()

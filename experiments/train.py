@@ -24,6 +24,7 @@ from ml_collections.config_flags import config_path
 
 # noqa: F401 below: shared by the CLIs that import this module as `cli`
 from experiments.common import fail, quiet_libraries, refusals, run_summary  # noqa: F401
+from experiments.common import reuse_host_buffers, set_cpu_xla_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file[:preset].",
                                           lock_config=True)
@@ -35,6 +36,19 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_YNN = flags.DEFINE_string(
+    "cpu_ynn_fusion_type", "default",
+    "XLA:CPU only: value of --xla_cpu_experimental_ynn_fusion_type. 'default' (the default) "
+    "adds no flag; '' turns YNNPACK's dot and reduction fusions off, as "
+    "experiments.benchmark does (faster steps at bench_tiny's shapes, the same at the tiny "
+    "preset's: docs/performance.md). Experimental in XLA, so not set unless asked: an XLA that "
+    "no longer knows the flag refuses to start. Ignored when XLA_FLAGS sets it.")
+_REUSE_HOST_BUFFERS = flags.DEFINE_bool(
+    "cpu_reuse_host_buffers", False,
+    "glibc only: serve every thread's malloc from one heap that is never handed back to the "
+    "OS (experiments.common.reuse_host_buffers), so that XLA:CPU's per-step temporaries are "
+    "not mapped and faulted in afresh every step. Host memory only; the process keeps its "
+    "peak heap.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 _OVERRIDE = re.compile(r"--?(?:no)?config\.([^=]+)")  # ml_collections' override syntax
@@ -139,9 +153,18 @@ def checked_config() -> ConfigDict:
   return _CONFIG.value
 
 
+def apply_cpu_settings():
+  """--cpu_ynn_fusion_type and --cpu_reuse_host_buffers; first thing in a CLI's main, before
+  JAX creates its backend and thread pools (both are read then)."""
+  if _REUSE_HOST_BUFFERS.value:
+    reuse_host_buffers()
+  set_cpu_xla_flags(_YNN.value)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  apply_cpu_settings()
   quiet_libraries()
   maybe_initialize_distributed()
   config = checked_config()

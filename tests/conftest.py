@@ -22,6 +22,32 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache_dir,
                     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+# XLA:CPU flags for the suite, which compiles hundreds of small steps and runs each a few
+# times: LLVM at -O0 compiles them faster than it slows them down (test_training.py 91 -> 56-61
+# s; the one compute-bound test, the LD-DPO world, 38 -> 41-46 s; the README gives the whole
+# suite's time). Same maths: only the machine code and float rounding differ. Subprocesses
+# inherit the flags; the paper recipes' runs get the caller's back (`caller_environment`):
+# they run hundreds of steps and report what a user's command gives.
+SUITE_XLA_FLAGS = "--xla_backend_optimization_level=0"
+# pytest imports this file as `conftest` and the tests as `tests.conftest`: set things once.
+_CALLER = "PREFOPT_CALLER_XLA_FLAGS"
+if _CALLER not in os.environ:
+  os.environ[_CALLER] = os.environ.get("XLA_FLAGS", "")
+  os.environ["XLA_FLAGS"] = f"{os.environ[_CALLER]} {SUITE_XLA_FLAGS}".strip()
+
+
+def caller_environment() -> dict:
+  """os.environ with XLA_FLAGS as the caller set them (without SUITE_XLA_FLAGS)."""
+  env = dict(os.environ)
+  caller = env.pop(_CALLER)
+  if caller:
+    env["XLA_FLAGS"] = caller
+  else:
+    env.pop("XLA_FLAGS", None)
+  return env
+
+
 import jax  # noqa: E402  (reads the variables above)
 
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])

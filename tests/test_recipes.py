@@ -19,6 +19,7 @@ from configs import reproduce as recipes_lib
 from experiments import reproduce
 from training import config_check
 from training.config_check import ConfigError
+from tests.conftest import caller_environment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = recipes_lib.RECIPES
@@ -196,7 +197,7 @@ def test_tiny_recipe_end_to_end(recipe, tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.reproduce", f"--recipe={recipe}", "--preset=tiny",
        f"--workdir={workdir}", "--set=progress_bar=false"],
-      cwd=ROOT, capture_output=True, text=True, timeout=1200)
+      cwd=ROOT, capture_output=True, text=True, timeout=1200, env=caller_environment())
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(os.path.join(workdir, "results.json")) as f:
     record = json.load(f)

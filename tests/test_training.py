@@ -2,6 +2,7 @@
 
 import math
 import os
+import platform
 import subprocess
 import sys
 
@@ -160,6 +161,25 @@ def test_2x2x2_mesh_on_8_devices_matches_one_device(tmp_path, tfds_dir):
                                          f"shard_activations={pinned})")
 
 
+def test_cpu_settings_apply_before_jax_starts(monkeypatch):
+  """experiments.common's XLA:CPU settings (train.py's --cpu_* flags): the YNN flag joins
+  XLA_FLAGS unless it is there already or 'default' is asked; mallopt succeeds on glibc and
+  JAX starts and computes after both (in a fresh process: mallopt changes that process)."""
+  from experiments import common
+
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+  assert common.set_cpu_xla_flags("default") == "--xla_force_host_platform_device_count=1"
+  assert common.set_cpu_xla_flags("") == ("--xla_force_host_platform_device_count=1 "
+                                           "--xla_cpu_experimental_ynn_fusion_type=")
+  assert common.set_cpu_xla_flags("reduce").endswith("ynn_fusion_type=")  # kept as it was
+  code = ("from experiments import common; print(common.reuse_host_buffers()); "
+          "import jax.numpy as jnp; print(float(jnp.arange(4.0).sum()))")
+  done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-2000:]
+  glibc = platform.libc_ver()[0] == "glibc"
+  assert done.stdout.split() == [str(glibc), "6.0"]
+
+
 def test_cli_trains_and_rejects_bad_overrides(tmp_path, tfds_dir):
   workdir = str(tmp_path / "cli")
   base = [sys.executable, "-m", "experiments.train", "--config=configs/dpo.py:tiny",
@@ -167,7 +187,8 @@ def test_cli_trains_and_rejects_bad_overrides(tmp_path, tfds_dir):
           "--config.total_steps=3", "--config.optimizer.warmup_steps=1", "--config.eval_every=0",
           "--config.progress_bar=False",
           "--config.model.num_layers=1", "--config.data.synthetic_train_size=128",
-          "--config.data.synthetic_test_size=16", "--config.eval_batch_size=16"]
+          "--config.data.synthetic_test_size=16", "--config.eval_batch_size=16",
+          "--cpu_reuse_host_buffers", "--cpu_ynn_fusion_type="]  # the CPU settings, too
   done = subprocess.run(base, cwd=ROOT, capture_output=True, text=True)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "eval at step 0" in done.stdout and "eval at step 3" in done.stdout
