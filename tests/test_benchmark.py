@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from experiments import benchmark
+from tests.conftest import SUITE_XLA_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=2,
@@ -123,7 +124,7 @@ def test_compiled_memory_is_per_device_on_the_mesh():
       "  config.batch_size = 8\n"
       "  out[f'{fsdp}{pinned}'] = benchmark.compiled_memory(config)\n"
       "print(json.dumps(out))\n")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {SUITE_XLA_FLAGS}")
   proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                         text=True, env=env, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -299,7 +300,8 @@ def test_kept_barriers_let_remat_cut_the_cpu_plan():
   4-layer gradient with remat="block" holds about a quarter of remat="none"'s temporaries
   (0.28x measured; 0.94x with XLA's default pipeline, which schedules every layer's
   recomputation into the forward pass)."""
-  env = dict(os.environ, XLA_FLAGS="--xla_disable_hlo_passes=cse_barrier_expander")
+  env = dict(os.environ,
+             XLA_FLAGS=f"--xla_disable_hlo_passes=cse_barrier_expander {SUITE_XLA_FLAGS}")
   proc = subprocess.run([sys.executable, "-c", _REMAT_PLAN], cwd=ROOT, capture_output=True,
                         text=True, env=env, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -336,7 +338,7 @@ def test_block_weights_are_gathered_in_turn():
   pass through a barrier with the activations before it (a scheduler cannot gather every
   layer's weights at the start of the step: XLA:CPU did, 0.77 GiB a Llama-3-8B layer on
   fsdp=8, docs/recipes.md), and loss and gradients are unchanged (2 virtual devices)."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {SUITE_XLA_FLAGS}")
   proc = subprocess.run([sys.executable, "-c", _GATHER_ORDER], cwd=ROOT, capture_output=True,
                         text=True, env=env, timeout=300)
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]

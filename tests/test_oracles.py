@@ -27,6 +27,7 @@ from data.tokenizer import load_tokenizer
 from training import oracles
 from training.mesh import make_mesh
 from training.oracles import Candidates, OracleError
+from tests.conftest import SUITE_XLA_FLAGS
 
 TOKENIZER = load_tokenizer("")  # the byte-level tokenizer of the built-in task
 EOS = int(TOKENIZER.eos_id)
@@ -318,7 +319,7 @@ def test_model_oracle_on_a_sharded_mesh(runs, tmp_path):
       candidates(MODEL_CANDIDATES))
   out = str(tmp_path / "sharded.npz")
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+             XLA_FLAGS=f"--xla_force_host_platform_device_count=4 {SUITE_XLA_FLAGS}")
   done = subprocess.run([sys.executable, os.path.abspath(__file__), runs["gpm"], out, "2", "2"],
                         cwd=ROOT, env=env, capture_output=True, text=True)
   assert done.returncode == 0, done.stderr[-3000:]

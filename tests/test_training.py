@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, micro_config
+from tests.conftest import ROOT, SUITE_XLA_FLAGS, micro_config
 from training import config_check, loop
 from training import experiment
 from training.mesh import put_batch
@@ -134,7 +134,7 @@ def _mesh_run(tmp_path, tfds_dir, devices, data, fsdp, tensor, accum=1, share_pr
   share, pin = str(int(share_prompt)), str(int(shard_activations))
   out = str(tmp_path / f"mesh_{data}{fsdp}{tensor}_{accum}_{share}{pin}.npz")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {SUITE_XLA_FLAGS}"
   subprocess.run([sys.executable, os.path.join(ROOT, "tests", "mesh_worker.py"), out, str(data),
                   str(fsdp), str(tensor), str(accum), tfds_dir, share, pin], check=True,
                  env=env, cwd=ROOT)
