@@ -21,6 +21,7 @@ import time
 
 from absl import app, flags
 from experiments import benchmark
+from experiments.common import set_cpu_xla_flags
 
 # --config and --cpu_ynn_fusion_type are experiments/benchmark.py's flags.
 _CONFIG = benchmark._CONFIG
@@ -87,7 +88,7 @@ def time_interleaved(configs: dict, rounds: int, steps_per_round: int) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  benchmark.set_cpu_xla_flags(_YNN.value)
+  set_cpu_xla_flags(_YNN.value)
   configs = {}
   for spec in _VARIANTS.value or ["base:"]:
     name, _, overrides = spec.partition(":")

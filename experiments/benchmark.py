@@ -92,7 +92,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments.benchmark_work import work_per_step
-from experiments.common import reuse_host_buffers, set_cpu_xla_flags  # noqa: F401 (ab_variants)
+from experiments.common import reuse_host_buffers, set_cpu_xla_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/dpo.py:bench_tiny",
                                           "Path to a config file[:preset].", lock_config=True)

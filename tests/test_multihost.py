@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SUITE_XLA_FLAGS
 from training.metrics import read_metrics
 
 OVERRIDES = ["--config=configs/dpo.py:tiny", "--config.total_steps=4",
@@ -125,7 +125,7 @@ def judge_in_text_order(prompts, first, second):
 # Three processes compile the same programs on a 2-core machine: XLA:CPU's LLVM passes are
 # most of their time, and these tiny models run no slower without them (both runs compile
 # alike, so the comparison is unchanged).
-_FAST_COMPILE = " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+_FAST_COMPILE = f" {SUITE_XLA_FLAGS} --xla_llvm_disable_expensive_passes=true"
 
 
 def _run_both(tmp_path, module: str, overrides: list[str], timeout: int = 600):
