@@ -333,8 +333,10 @@ def compiled_memory(config, unpaired: bool = False) -> dict:
   (bytes): `argument` (state, reference params, batch), `output`, `alias` (outputs written
   into donated arguments), `temp` (every intermediate live at some point, e.g. the
   activations kept for the backward); the step's peak is at most
-  argument + output − alias + temp. On CPU this is XLA:CPU's plan (fusion and layouts differ
-  on a GPU), so compare in-step against precomputed on the same backend, not across backends.
+  argument + output − alias + temp. `argument_copy_bytes`: the part of temp that copies the
+  step's own arguments (about 0 when the donated state is updated in place). On CPU this is
+  XLA:CPU's plan (fusion and layouts differ on a GPU), so compare in-step against
+  precomputed on the same backend, not across backends.
 
   The state, reference and batch carry the shardings of `build_step` on `config.mesh`
   (parameters and Adam moments by `models.param_partition_specs`, the batch over data x
@@ -401,6 +403,8 @@ def compiled_memory(config, unpaired: bool = False) -> dict:
       "peak_memory_bound_bytes": (sizes["argument"] + sizes["output"] - sizes["alias"]
                                   + sizes["temp"]),
       **{f"{name}_bytes": value for name, value in sizes.items()},
+      # Part of temp_bytes: copies of the arguments, e.g. of the donated state.
+      "argument_copy_bytes": argument_copy_bytes(compiled.as_text()),
       "params": int(sum(x.size for x in jax.tree.leaves(params))),
       "tokens_per_step": len(layout.sides) * layout.rows * layout.length,
       **layout.summary(),
@@ -453,9 +457,29 @@ def saved_residual_bytes(graphdef, algorithm, config, params, ref_params, batch,
   return residual_bytes(out.getvalue().splitlines())
 
 
-# Bytes per element of the short dtype names jax prints ('f32[2,8,32]').
+# Bytes per element of the short dtype names jax prints ('f32[2,8,32]') and HLO's ('s32[]').
 _DTYPE_BYTES = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "i64": 8, "i32": 4, "u32": 4,
-                "i16": 2, "i8": 1, "u8": 1, "bool": 1}
+                "i16": 2, "i8": 1, "u8": 1, "bool": 1, "s64": 8, "s32": 4, "s16": 2, "s8": 1,
+                "u64": 8, "u16": 2, "pred": 1}
+
+
+def argument_copy_bytes(hlo_text: str) -> int:
+  """Bytes of the copies the compiled step makes of its own arguments: `copy(%p)` of an
+  entry-computation parameter `p` in the optimized HLO (`compiled.as_text()`).
+
+  A donated argument updated in place needs no copy; XLA inserts one when the argument's old
+  value must outlive the write of its new one. The non-finite guard's `where` over the
+  updated state did that for every Adam moment (training/step.py `_update_if_finite`), so a
+  step that updates its state in place reports about nothing here.
+  """
+  entry = hlo_text[hlo_text.index("\nENTRY "):]
+  params = set(re.findall(r"%([\w.\-]+) = \S+ parameter\(\d+\)", entry))
+  total = 0
+  for dtype, dims, operand in re.findall(
+      r"= (\w+)\[([\d,]*)\](?:\{[\d,]*\})? copy\(%([\w.\-]+)\)", entry):
+    if operand in params:
+      total += math.prod(int(d) for d in dims.split(",") if d) * _DTYPE_BYTES[dtype]
+  return total
 
 
 def residual_bytes(lines) -> int:

@@ -99,7 +99,7 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.data.buckets = reproduce.buckets(1024, 2048)  # padding only [unverified: our choice]
   config.batch_size = 64  # [unverified: not recovered]
   # Memory, not maths (the same loss and gradients): experiments/benchmark.py --memory_only on 8
-  # devices (fsdp=8) plans 3,058.4 GiB/device without the settings below, 25.4 GiB/device with them
+  # devices (fsdp=8) plans 3,058.4 GiB/device without the settings below, 22.5 GiB/device with them
   # (docs/recipes.md, "Memory of the paper presets"). [unverified on a GPU]
   config.grad_accum_steps = 8  # benchmark.py plan: micro-batch 8 pairs (global batch 64 kept)
   config.model.remat = "block"  # benchmark.py plan (docs/recipes.md)

@@ -80,7 +80,7 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.batch_size = 64  # App. B: batch size 64; README: batch_size=64
   config.eval_batch_size = 32  # README "Step 3: Run DPO": eval_batch_size=32
   # Memory, not maths (the same loss and gradients): experiments/benchmark.py --memory_only on 8
-  # devices (fsdp=8) plans 421.8 GiB/device without the settings below, 15.9 GiB/device with them
+  # devices (fsdp=8) plans 421.8 GiB/device without the settings below, 14.7 GiB/device with them
   # (docs/recipes.md, "Memory of the paper presets"). [unverified on a GPU]
   config.grad_accum_steps = 8  # benchmark.py plan: micro-batch 8 pairs (global batch 64 kept)
   config.model.remat = "block"  # benchmark.py plan (docs/recipes.md)

@@ -108,7 +108,7 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.optimizer.learning_rate = 5e-7  # SPPO pipeline.sh LEARNING_RATE=5.0e-7
   config.batch_size = 64  # per-device 8 (algorithms.md §5.2) x 8 GPUs [unverified]
   # Memory, not maths (the same loss and gradients): experiments/benchmark.py --memory_only on 8
-  # devices (fsdp=8) plans 3,342.0 GiB/device without the settings below, 31.3 GiB/device with
+  # devices (fsdp=8) plans 3,342.0 GiB/device without the settings below, 28.4 GiB/device with
   # them (docs/recipes.md, "Memory of the paper presets"). [unverified on a GPU]
   config.grad_accum_steps = 8  # benchmark.py plan: micro-batch 8 pairs (global batch 64 kept)
   config.model.remat = "block"  # benchmark.py plan (docs/recipes.md)

@@ -95,8 +95,8 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.data.buckets = reproduce.buckets(1024, 7168)  # padding only [unverified: our choice]
   config.batch_size = 64  # run_ce.sh train_batch_size 64
   # Memory, not maths (the same loss and gradients): experiments/benchmark.py --memory_only on 8
-  # devices (fsdp=8) plans 11,282.3 GiB/device without the settings below, 56.8 GiB/device with them
-  # (pairs; 39.8 GiB/device for unpaired records) (docs/recipes.md, "Memory of the paper presets").
+  # devices (fsdp=8) plans 11,282.3 GiB/device without the settings below, 53.6 GiB/device with them
+  # (pairs; 36.7 GiB/device for unpaired records) (docs/recipes.md, "Memory of the paper presets").
   # [unverified on a GPU]
   config.grad_accum_steps = 8  # benchmark.py plan: micro-batch 8 (global batch 64 kept)
   config.model.remat = "block"  # benchmark.py plan (docs/recipes.md)

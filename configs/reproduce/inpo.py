@@ -92,7 +92,7 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.data.buckets = reproduce.buckets(1024, 2048)  # padding only [unverified: our choice]
   config.batch_size = 128  # MNPO: 2 per device x 8 accumulation x 8 GPUs [unverified]
   # Memory, not maths (the same loss and gradients): experiments/benchmark.py --memory_only on 8
-  # devices (fsdp=8) plans 853.0 GiB/device without the settings below, 31.3 GiB/device with them
+  # devices (fsdp=8) plans 853.0 GiB/device without the settings below, 28.4 GiB/device with them
   # (docs/recipes.md, "Memory of the paper presets"). [unverified on a GPU]
   config.grad_accum_steps = 16  # benchmark.py plan: micro-batch 8 pairs (MNPO: 8) [unverified]
   config.model.remat = "block"  # benchmark.py plan (docs/recipes.md)

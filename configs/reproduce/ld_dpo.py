@@ -78,7 +78,7 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.loss.beta = 0.1  # DPO's default β (algorithms.md §2.3) [unverified]
   config.batch_size = 128  # SimPO/Zephyr UltraFeedback recipes [unverified]
   # Memory, not maths (the same loss and gradients): experiments/benchmark.py --memory_only on 8
-  # devices (fsdp=8) plans 4,213.8 GiB/device without the settings below, 39.1 GiB/device with them
+  # devices (fsdp=8) plans 4,213.8 GiB/device without the settings below, 32.8 GiB/device with them
   # (docs/recipes.md, "Memory of the paper presets"). [unverified on a GPU]
   config.grad_accum_steps = 16  # benchmark.py plan: micro-batch 8 pairs (global batch 128 kept)
   config.model.remat = "block"  # benchmark.py plan (docs/recipes.md)

@@ -98,7 +98,7 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # rollout (<= 1024 responses after filtering) go through in 4 steps here. [unverified]
   config.batch_size = 256  # [unverified: rows per step]
   # Memory, not maths (the same loss and gradients): experiments/benchmark.py --memory_only on 8
-  # devices (fsdp=8) plans 3,058.9 GiB/device without the settings below, 28.8 GiB/device with them
+  # devices (fsdp=8) plans 3,058.9 GiB/device without the settings below, 26.0 GiB/device with them
   # (docs/recipes.md, "Memory of the paper presets"). [unverified on a GPU]
   config.grad_accum_steps = 32  # benchmark.py plan: micro-batch 8 responses (global batch 256 kept)
   config.model.remat = "block"  # benchmark.py plan (docs/recipes.md)

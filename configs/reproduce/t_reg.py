@@ -87,7 +87,7 @@ def paper(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.batch_size = 128  # SimPO README: total batch 128
   config.grad_accum_steps = 16  # simpo-v2.yaml gradient_accumulation_steps: 16
   # Memory, not maths (the same loss and gradients): experiments/benchmark.py --memory_only on 8
-  # devices (fsdp=8) plans 574.4 GiB/device without the settings below, 46.5 GiB/device with them
+  # devices (fsdp=8) plans 574.4 GiB/device without the settings below, 40.1 GiB/device with them
   # (docs/recipes.md, "Memory of the paper presets"). [unverified on a GPU]
   config.model.remat = "block"  # benchmark.py plan (docs/recipes.md)
   config.model.logits_on = "completion"  # benchmark.py plan (docs/recipes.md)
