@@ -14,7 +14,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _SCRIPT = textwrap.dedent('''
     import os
-    os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
+    os.environ['XLA_FLAGS'] = ('--xla_force_host_platform_device_count=8 '
+                               + os.environ.get('XLA_FLAGS', ''))
     os.environ['JAX_PLATFORMS'] = 'cpu'
     import jax, jax.numpy as jnp, numpy as np
     from flax import nnx

@@ -26,9 +26,15 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+# Three processes compile the same programs on a 2-core machine: XLA:CPU's LLVM passes are
+# most of their time, and these tiny models run no slower without them (every run compiles
+# alike, so the comparisons are unchanged).
+_FAST_COMPILE = f"{SUITE_XLA_FLAGS} --xla_llvm_disable_expensive_passes=true"
+
+
 def _env(devices: int) -> dict:
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {_FAST_COMPILE}"
   return env
 
 
@@ -42,6 +48,15 @@ VARIANTS = {"plain": ([], []),
             "packed": (["--config.data.buckets=(64,)"],
                        ["--config.data.pack_rows=12", "--config.data.buckets=(64,)"]),
             "precomputed": ([], ["--config.reference.mode=precomputed"])}
+
+
+def _rounding_only(record: dict, key: str) -> bool:
+  """Whether `record[key]` is a share of margins > 0 while the margins are 0 up to float
+  rounding: the policy still equals its reference (steps 0 and 1 here, the first update's
+  warmup learning rate being 0), so the share is the sign of the rounding (the packed run:
+  margins 0.0 in one process, 9.5e-8 in two, accuracies 0.5 and 0.5625)."""
+  margins = key.replace("accuracies", "margins")
+  return key.endswith("accuracies") and abs(record.get(margins, 1.0)) < 1e-5
 
 
 @pytest.mark.parametrize("variant", ["plain", pytest.param("packed", marks=pytest.mark.slow),
@@ -70,7 +85,7 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path, variant):
   assert [r["step"] for r in got] == [r["step"] for r in expected]
   for want, have in zip(expected, got):
     for key, value in want.items():
-      if key.startswith("perf/") or not isinstance(value, float):
+      if key.startswith("perf/") or not isinstance(value, float) or _rounding_only(want, key):
         continue
       assert have[key] == pytest.approx(value, abs=1e-5), (want["step"], key)
   assert os.path.isdir(multi_dir / "checkpoints" / "4")
@@ -122,12 +137,6 @@ def judge_in_text_order(prompts, first, second):
   return [1.0 if a < b else 0.0 if a > b else 0.5 for a, b in zip(first, second)]
 
 
-# Three processes compile the same programs on a 2-core machine: XLA:CPU's LLVM passes are
-# most of their time, and these tiny models run no slower without them (both runs compile
-# alike, so the comparison is unchanged).
-_FAST_COMPILE = f" {SUITE_XLA_FLAGS} --xla_llvm_disable_expensive_passes=true"
-
-
 def _run_both(tmp_path, module: str, overrides: list[str], timeout: int = 600):
   """`python -m <module>` in one process with 2 devices (workdir tmp_path/single) and, at the
   same time, in two processes with 1 device each (tmp_path/multi); each run has its own TFDS
@@ -137,8 +146,7 @@ def _run_both(tmp_path, module: str, overrides: list[str], timeout: int = 600):
     return subprocess.Popen(
         [sys.executable, "-m", module, *overrides, f"--workdir={tmp_path / name}",
          f"--config.data.data_dir={tmp_path / f'tfds_{name}'}", *flags],
-        cwd=ROOT, env=dict(_env(devices), JUDGE_CALLS=str(tmp_path / f"calls_{name}"),
-                           XLA_FLAGS=_env(devices)["XLA_FLAGS"] + _FAST_COMPILE),
+        cwd=ROOT, env=dict(_env(devices), JUDGE_CALLS=str(tmp_path / f"calls_{name}")),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
   port = _free_port()

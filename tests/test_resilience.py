@@ -24,7 +24,7 @@ import pytest
 import algorithms
 from algorithms.common import chosen_nll
 from data import pipeline
-from tests.conftest import ROOT, micro_config
+from tests.conftest import ROOT, SUITE_XLA_FLAGS, micro_config
 from training import loop
 from training import experiment
 from training.checkpoint import (Checkpointer, CheckpointMismatchError, CorruptCheckpointError,
@@ -65,8 +65,8 @@ def cli(tmp_path_factory, tfds_dir):
   WORKDIR.log."""
   # Prepare the TFDS cache once here: concurrent processes must not both build it.
   experiment.load_sources(micro_config(**{"data.data_dir": tfds_dir}), str(tmp_path_factory.mktemp("w")))
-  env = dict(os.environ, JAX_PLATFORMS="cpu")  # with conftest.py's compilation cache
-  env.pop("XLA_FLAGS", None)
+  # conftest.py's compilation cache and -O0, and no device count a caller may have set.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=SUITE_XLA_FLAGS)
 
   def command(workdir):
     overrides = {
