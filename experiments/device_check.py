@@ -13,14 +13,17 @@ file transfer; a step that would overrun is recorded as skipped with the reason)
   2. `cudnn_attention`: kernels.dot_product_attention against the einsum formula in bf16 on
      this card (causal, GQA, packed segments, sliding window; values and gradients), with
      the implementation it picked ('cudnn' on an NVIDIA GPU).
-  3. bench_1b train-step benchmarks (experiments/benchmark.py with --bench_steps /
+  3. `memory_plan`: `experiments/benchmark.py --memory_only` of bench_1b as it stands (remat
+     none): XLA:GPU's own plan (arguments, temporaries, `argument_copy_bytes`: whether the
+     donated state is updated in place on the card as on CPU), compile only.
+  4. bench_1b train-step benchmarks (experiments/benchmark.py with --bench_steps /
      --bench_warmup as its --steps / --warmup), one process each, ours and the TRL anchor
      alternated: ours (shared prompt, in-step reference, remat none, custom attention), trl,
      then the variants: remat nothing, attention_impl=dot_product, precomputed reference,
      plain [2B, T] forward, remat dots / offload; and again ours and trl while the budget
      lasts (the alternation). A variant that runs out of device
      memory is a result too (its error tail is kept).
-  4. The TRL anchor (`trl_dpo_bench.py --gradient_checkpointing=off --size=1b`, the shapes of
+  5. The TRL anchor (`trl_dpo_bench.py --gradient_checkpointing=off --size=1b`, the shapes of
      bench_1b) from the first bench folder found (--anchor_dir, .bench/, ../shared/bench/,
      shared/bench/) with the first python that imports torch (with CUDA) and trl
      (--anchor_python, .venv-trl/bin/python, this python); skipped with the reason otherwise.
@@ -305,6 +308,8 @@ def main(argv):
              + (["--dry_run"] if dry else []), min_s=10 if dry else 30)
 
   shape = _MICRO if dry else [f"--config={CONFIG}"]
+  runner.run("memory_plan", [py, "-m", "experiments.benchmark", *shape, "--memory_only"],
+             min_s=10 if dry else 30, env=_BENCH_ENV)
   steps = ["--steps=1", "--warmup=1"] if dry else [f"--steps={_STEPS.value}",
                                                    f"--warmup={_WARMUP.value}"]
   trl, trl_reason = trl_command(dry)

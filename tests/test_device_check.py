@@ -51,6 +51,8 @@ def test_dry_run_writes_the_report(tmp_path):
   assert attention['implementation'] in ('xla', 'cudnn')
   for errors in attention['max_abs_error'].values():
     assert max(errors.values()) < 0.05  # bf16
+  plan = steps['memory_plan']['result']
+  assert plan['temp_bytes'] > 0 and plan['argument_copy_bytes'] == 0, plan
   assert steps['ours']['rc'] == 0 and steps['ours']['result']['tokens_per_s'] > 0
   assert 'trl' in steps  # run, or skipped with its reason
   assert report['summary']['tokens_per_s']['ours'] > 0
