@@ -124,6 +124,7 @@ def test_the_donated_state_is_updated_in_place():
   assert benchmark.argument_copy_bytes(transposed) == 0
 
 
+@pytest.mark.long
 def test_compiled_memory_is_per_device_on_the_mesh():
   """--memory_only compiles on config.mesh: with fsdp=8 one device holds 1/8 of the
   parameters and Adam moments, with data=8 all of them, and `mesh.shard_activations` cuts

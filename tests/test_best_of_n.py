@@ -47,6 +47,7 @@ def prm_run(tmp_path_factory, tfds_dir):
   return config, workdir
 
 
+@pytest.mark.long
 def test_a_trained_prm_is_evaluated_on_its_eval_split_and_on_a_prompt_file(prm_run, tmp_path):
   config, workdir = prm_run
   spec = best_of_n.BestOfN(n=4, prompts=8, generator_sft_steps=20, max_new_tokens=12)

@@ -494,6 +494,7 @@ def test_the_verifier_refuses_a_record_without_an_answer_before_training(tokeniz
   assert not os.path.exists(tmp_path / "run" / "round_0" / "policy")
 
 
+@pytest.mark.long
 def test_prime_rounds_on_a_prompt_only_math_set(tokenizer_json, tmp_path):
   """PRIME on prompts alone (Eurus-2-RL-Data's layout: messages and
   `reward_model.ground_truth`) through a ChatML template: the rows are the sampled groups,

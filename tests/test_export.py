@@ -33,6 +33,7 @@ def _files(directory) -> dict:
   return out
 
 
+@pytest.mark.long
 def test_a_trained_run_exports_and_loads_in_transformers(tokenizer_json, tmp_path):  # noqa: F811
   config, _, hf_dir = _llama3_run(tmp_path, tokenizer_json)
   out = str(tmp_path / "exported")

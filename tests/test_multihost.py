@@ -59,7 +59,8 @@ def _rounding_only(record: dict, key: str) -> bool:
   return key.endswith("accuracies") and abs(record.get(margins, 1.0)) < 1e-5
 
 
-@pytest.mark.parametrize("variant", ["plain", pytest.param("packed", marks=pytest.mark.slow),
+@pytest.mark.parametrize("variant", [pytest.param("plain", marks=pytest.mark.long),
+                                     pytest.param("packed", marks=pytest.mark.slow),
                                      pytest.param("precomputed", marks=pytest.mark.slow)])
 def test_two_processes_match_one_process_with_two_devices(tmp_path, variant):
   single_args, multi_args = VARIANTS[variant]
@@ -189,7 +190,8 @@ def _param_checksums(round_dir) -> dict:
   return {k: v for k, v in meta["checksums"].items() if k.startswith("['params']")}
 
 
-@pytest.mark.parametrize("variant", ["dno_judge", pytest.param("prime", marks=pytest.mark.slow),
+@pytest.mark.parametrize("variant", [pytest.param("dno_judge", marks=pytest.mark.long),
+                                     pytest.param("prime", marks=pytest.mark.slow),
                                      pytest.param("dno_gpm", marks=pytest.mark.slow)])
 def test_online_rounds_on_two_processes_match_one_process_with_two_devices(tmp_path, variant):
   """Two online rounds (sampling, scoring, rows with the frozen models' log-probs, training,

@@ -131,6 +131,7 @@ def _checkpoint_dirs(workdir):
   return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
 
+@pytest.mark.long
 def test_sigterm_checkpoints_within_one_step_and_exits_0(cli, reference_run, tmp_path):
   del reference_run  # only started here, so that it compiles while this run does
   workdir = str(tmp_path / "run")
@@ -150,6 +151,7 @@ def test_sigterm_checkpoints_within_one_step_and_exits_0(cli, reference_run, tmp
   assert _logged_steps(workdir) == list(range(final + 1))
 
 
+@pytest.mark.long
 def test_three_sigkills_resume_to_the_uninterrupted_result(cli, reference_run, tmp_path):
   workdir = str(tmp_path / "run")
   rng = random.Random(int(os.environ.get("FAULT_SEED", "20240607")))  # vary it to soak-test

@@ -166,6 +166,7 @@ class _Killed(Exception):
   pass
 
 
+@pytest.mark.long
 def test_killed_run_resumes_in_the_right_stage_and_ends_equal(tmp_path, tfds_dir,
                                                               monkeypatch, online_start):
   """Stopped during round 2's sampling (a crash) and again inside round 2's training (a
@@ -235,6 +236,7 @@ def test_inpo_feeds_two_distinct_frozen_models_after_round_1(tmp_path, tfds_dir,
                                  atol=1e-5)
 
 
+@pytest.mark.long
 def test_prime_uses_the_prm_of_the_previous_rollout(tmp_path, tfds_dir, online_start):
   """PRIME: the first rollout's process rewards are 0 (π_φ = π_ref = π_0); the PRM updated on
   it is saved, scores the next rollout (recomputed here from the saved PRM), and its rewards

@@ -30,7 +30,9 @@ KNOWN_SHORTFALLS = {
 }
 
 
-@pytest.mark.parametrize("algorithm", worlds.names())
+# The LD-DPO worlds fit 9 policies (about 45 s): CI runs them with the other long tests.
+@pytest.mark.parametrize("algorithm", [
+    pytest.param(a, marks=pytest.mark.long) if a == "ld_dpo" else a for a in worlds.names()])
 def test_world_meets_its_criterion(algorithm):
   results = worlds.run(algorithm)
   assert results, f"{algorithm} has no worlds"
