@@ -8,7 +8,10 @@ tensorboardX and TRL), run `experiments/device_wheels.sh` here first and carry `
 `.bench` into the call, whose command is then
 
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
-      && export PYTHONPATH=/tmp/site && python3 -m experiments.device_check
+      && export PYTHONPATH=/tmp/site && python3 -m experiments.device_check; \
+      cp docs/benchmarks/device_check_*.json "$OUT"/
+
+(the device tool brings back only what the command leaves in $OUT)
 
 What it runs, in order, each step a subprocess under its own timeout and all of them inside
 `--budget_s` (default 450 s, so one 8-minute device call keeps a margin for start-up and the

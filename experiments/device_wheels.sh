@@ -8,7 +8,8 @@
 # Then one device call (`carry`: .whl and .bench) runs:
 #
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
-#     && export PYTHONPATH=/tmp/site && python3 -m experiments.device_check
+#     && export PYTHONPATH=/tmp/site && python3 -m experiments.device_check; \
+#     cp docs/benchmarks/device_check_*.json "$OUT"/   # only $OUT comes back
 #
 # The set is what `pip show` of the image (the device tool's KINDS.md) lacks of our
 # install_requires and of the anchor's (trl, datasets) with their requirements: Python 3.12,
