@@ -21,13 +21,18 @@ def run_json(command: list[str]) -> dict:
 
 
 def portable(command: list[str]) -> str:
-  """`command` as a shell line for a results file: this interpreter written as `python` and
-  absolute paths made relative to the checkout (`.venv-trl/bin/python`,
-  `../shared/bench/...`), so the line names no machine's folders."""
+  """`command` as a shell line for a results file: this interpreter written as `python`,
+  absolute paths in or beside the checkout made relative to it (`.venv-trl/bin/python`,
+  `../shared/bench/...`) and any other absolute path cut to its last part (`$(which python)`
+  as `python`), so the line names no machine's folders."""
 
   def word(w: str) -> str:
     if w == sys.executable:
       return "python"
-    return os.path.relpath(w, ROOT) if os.path.isabs(w) else w
+    if not os.path.isabs(w):
+      return w
+    relative = os.path.relpath(w, ROOT)
+    outside = relative.startswith(os.path.join(os.pardir, os.pardir))
+    return os.path.basename(w) if outside else relative
 
   return shlex.join(word(w) for w in command)

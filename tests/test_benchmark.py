@@ -359,3 +359,15 @@ def test_block_weights_are_gathered_in_turn():
   proc = subprocess.run([sys.executable, "-c", _GATHER_ORDER], cwd=ROOT, capture_output=True,
                         text=True, env=env, timeout=300)
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_recorded_commands_name_no_machine_folder():
+  """The peers' and scaling runs' JSON records their commands: this interpreter as `python`,
+  paths in or beside the checkout relative to it, any other absolute path by its last part."""
+  from experiments.processes import ROOT, portable
+  command = [sys.executable, "/opt/somewhere/bin/python3",
+             os.path.join(ROOT, ".venv-trl", "bin", "python"),
+             os.path.join(os.path.dirname(ROOT), "shared", "bench", "trl_dpo_bench.py"),
+             "--size=tiny", "configs/dpo.py"]
+  assert portable(command) == ("python python3 .venv-trl/bin/python "
+                               "../shared/bench/trl_dpo_bench.py --size=tiny configs/dpo.py")
