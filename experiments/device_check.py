@@ -4,14 +4,8 @@ r"""One prepared device call: GPU tests, then bench_1b variants and the TRL anch
     python -m experiments.device_check --dry_run       # anywhere (CPU): micro shapes, ~1 min
 
 On the lent GPU machines (no network; their image lacks ml-collections, tensorflow-datasets,
-tensorboardX and TRL), run `experiments/device_wheels.sh` here first and carry `.whl` and
-`.bench` into the call, whose command is then
-
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
-      && export PYTHONPATH=/tmp/site && python3 -m experiments.device_check; \
-      cp docs/benchmarks/device_check_*.json "$OUT"/
-
-(the device tool brings back only what the command leaves in $OUT)
+tensorboardX and TRL), run `experiments/device_wheels.sh` here first: its header gives the
+call's command, which installs what it fetched and copies the report where the call returns it.
 
 What it runs, in order, each step a subprocess under its own timeout and all of them inside
 `--budget_s` (default 450 s, so one 8-minute device call keeps a margin for start-up and the

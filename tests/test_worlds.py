@@ -30,7 +30,7 @@ KNOWN_SHORTFALLS = {
 }
 
 
-# The LD-DPO worlds fit 9 policies (about 45 s): CI runs them with the other long tests.
+# The nine LD-DPO worlds take about 40 s (20-odd fits): CI runs them with the other long tests.
 @pytest.mark.parametrize("algorithm", [
     pytest.param(a, marks=pytest.mark.long) if a == "ld_dpo" else a for a in worlds.names()])
 def test_world_meets_its_criterion(algorithm):
